@@ -1,0 +1,1 @@
+"""rethinking: Zhang et al. (ICLR 2017) randomization tests in JAX/Flax."""
