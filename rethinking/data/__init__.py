@@ -1,0 +1,1 @@
+"""Data: in-memory datasets, corruptions, preprocessing, input pipelines."""

@@ -1,0 +1,43 @@
+r"""Command line: trains one run from a config file.
+
+  python -m rethinking.main --config=configs/cifar10.py:model=mlp_1x512,corruption=random_labels \
+      --workdir=/tmp/run [--config.num_epochs=50 ...]
+
+Running the same command on the same workdir resumes the run. Kept short on
+purpose: everything else is importable from `rethinking.train`.
+"""
+
+import logging as logging_lib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
+flags.mark_flags_as_required(["workdir"])
+config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
+
+
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO chatter from orbax (a few dozen lines per checkpoint); keeps its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  # TensorFlow (TFDS input pipelines only) must never take the accelerators from JAX.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from rethinking import train  # pylint: disable=g-import-not-at-top
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

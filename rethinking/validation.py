@@ -1,0 +1,64 @@
+"""Up-front checks of a config and its data: one clear error before any compute.
+
+Each error names the field, the value and what is allowed, and is raised before
+the workdir is written, so nothing already on disk is touched.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rethinking.data import arrays
+from rethinking.data import corruptions
+from rethinking.data import preprocess
+from rethinking.models import MODELS
+
+
+def _fail(field: str, value, allowed: str):
+  raise ValueError(f"config.{field}={value!r} is not allowed: {allowed}")
+
+
+def _one_of(config, field: str, choices) -> None:
+  if config[field] not in choices:
+    _fail(field, config[field], f"expected one of {', '.join(choices)}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks every field that can be checked without loading data."""
+  _one_of(config, "model", sorted(MODELS))
+  _one_of(config, "corruption", corruptions.CORRUPTIONS)
+  _one_of(config, "augment", preprocess.AUGMENTATIONS)
+  if not 0.0 <= config.corrupt_prob <= 1.0:
+    _fail("corrupt_prob", config.corrupt_prob, "expected a probability in [0, 1]")
+  for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                "steps_per_dispatch", "keep_checkpoints", "image_size"):
+    if config[field] <= 0:
+      _fail(field, config[field], "expected a positive integer")
+  for field in ("num_train", "num_test", "checkpoint_every_steps"):
+    if config[field] < 0:
+      _fail(field, config[field], "expected 0 (all / off) or a positive integer")
+  for field in ("learning_rate",):
+    if not config[field] > 0:
+      _fail(field, config[field], "expected a positive number")
+  if not 0 < config.lr_decay <= 1:
+    _fail("lr_decay", config.lr_decay, "expected a factor in (0, 1]")
+  if not 0 <= config.momentum < 1:
+    _fail("momentum", config.momentum, "expected a value in [0, 1)")
+  if config.weight_decay < 0:
+    _fail("weight_decay", config.weight_decay, "expected >= 0")
+  if not 0 <= config.dropout_rate < 1:
+    _fail("dropout_rate", config.dropout_rate, "expected a rate in [0, 1)")
+  if not 0 <= config.stop_at_train_accuracy <= 1:
+    _fail("stop_at_train_accuracy", config.stop_at_train_accuracy,
+          "expected 0 (off) or an accuracy in (0, 1]")
+
+
+def check_data(config: ml_collections.ConfigDict, ds: arrays.ArrayDataset) -> None:
+  """Checks the config against the loaded (and subset) data."""
+  num_train, height, width = ds.x_train.shape[:3]
+  if config.batch_size > num_train:
+    _fail("batch_size", config.batch_size,
+          f"larger than the {num_train} training examples of {config.dataset!r}")
+  if config.image_size > min(height, width):
+    _fail("image_size", config.image_size,
+          f"larger than the {height}x{width} images of {config.dataset!r}")

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the real data in ../shared/data, and command-line runs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CIFAR_NPZ = SHARED_DATA / "cifar10_10k.npz"
+MNIST_NPZ = SHARED_DATA / "mnist.npz"
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+  """Skips the test, saying why, when a file from ../shared/data is absent."""
+  if not path.exists():
+    pytest.skip(f"real data {path} is absent (../shared/data beside the repo)")
+  return path
+
+
+@pytest.fixture
+def cifar_npz() -> pathlib.Path:
+  return require(CIFAR_NPZ)
+
+
+@pytest.fixture
+def mnist_npz() -> pathlib.Path:
+  return require(MNIST_NPZ)
+
+
+def run_main(workdir, config_arg: str, *overrides: str, check: bool = True,
+             env: dict | None = None, config_file: str = "configs/cifar10.py"):
+  """Runs `python -m rethinking.main` in a subprocess, as a user would."""
+  cmd = [sys.executable, "-m", "rethinking.main", f"--config={config_file}:{config_arg}",
+         f"--workdir={workdir}", *overrides]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, **(env or {})}, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_metrics(workdir) -> list[dict]:
+  with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]

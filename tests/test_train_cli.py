@@ -1,0 +1,87 @@
+"""End-to-end command-line runs on real CIFAR-10 images (../shared/data) and through TFDS."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read_metrics, run_main
+
+pytestmark = pytest.mark.usefixtures("cifar_npz")
+
+
+def test_mlp_memorizes_random_labels(tmp_path, cifar_npz):
+  """The paper's headline: 100% train accuracy on random labels, test accuracy at chance."""
+  run_main(tmp_path, "model=mlp_1x512,corruption=random_labels,fit",
+           f"--config.dataset={cifar_npz}", "--config.num_train=1000", "--config.num_epochs=30")
+  rows = read_metrics(tmp_path)
+  last = rows[-1]
+  assert last["train_eval_accuracy"] == 1.0 and last["fit_step"] == last["step"]
+  assert len(rows) < 30, "stop_at_train_accuracy should have stopped the run early"
+  # 2,000 test images: chance is 0.1 +- 0.007 (1 sigma).
+  assert abs(last["test_accuracy"] - 0.1) < 0.04
+  assert last["corruption"] == "random_labels" and last["test_images_corrupted"] is False
+  assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+  assert [r["step"] for r in rows] == [8 * e for e in range(1, len(rows) + 1)]
+  lrs = [r["learning_rate"] for r in rows]
+  np.testing.assert_allclose(lrs, [0.01 * 0.95**e for e in range(len(rows))], rtol=1e-6)
+  for key in ("train_loss", "train_accuracy", "test_loss", "best_test_accuracy", "param_norm",
+              "wall_time", "train_accuracy_corrupted"):
+    assert key in last
+  assert last["train_accuracy_clean"] is None  # p = 1: no clean labels to measure.
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["model"] == "mlp_1x512" and config["num_train"] == 1000
+  assert os.listdir(tmp_path / "tensorboard")
+  assert os.listdir(tmp_path / "checkpoints")
+
+
+def test_true_labels_generalize_and_partial_labels_split(tmp_path, cifar_npz):
+  run_main(tmp_path / "true", "model=mlp_1x512", f"--config.dataset={cifar_npz}",
+           "--config.num_train=2000", "--config.num_epochs=6")
+  true = read_metrics(tmp_path / "true")
+  assert true[-1]["best_test_accuracy"] > 0.25  # Chance is 0.10.
+  assert max(r["test_accuracy"] for r in true) == true[-1]["best_test_accuracy"]
+
+  run_main(tmp_path / "half", "model=mlp_1x512,p=0.5", f"--config.dataset={cifar_npz}",
+           "--config.num_train=1000", "--config.num_epochs=2")
+  half = read_metrics(tmp_path / "half")[-1]
+  info = json.loads((tmp_path / "half" / "run_info.json").read_text())
+  assert abs(info["label_selected_fraction"] - 0.5) < 0.07
+  assert abs(info["label_noise"] - 0.45) < 0.07  # 1 in 10 random classes is the true one.
+  # The clean and corrupted parts average back to the whole.
+  f = info["label_noise"]
+  whole = (1 - f) * half["train_accuracy_clean"] + f * half["train_accuracy_corrupted"]
+  assert whole == pytest.approx(half["train_eval_accuracy"], abs=1e-6)
+  assert half["data_fingerprint"] != read_metrics(tmp_path / "true")[0]["data_fingerprint"]
+
+
+def test_pixel_corruption_applies_to_test_images(tmp_path, cifar_npz):
+  run_main(tmp_path, "model=mlp_1x512,corruption=shuffled_pixels,runlocal",
+           f"--config.dataset={cifar_npz}", "--config.num_epochs=1", "--config.augment=crop_flip")
+  row = read_metrics(tmp_path)[-1]
+  assert row["test_images_corrupted"] is True and row["corruption"] == "shuffled_pixels"
+
+
+def test_tfds_path_under_mock_data(tmp_path):
+  """config.dataset as a TFDS name, through tfds.builder/as_dataset, with mocked files."""
+  import subprocess
+  import sys
+  script = f"""
+import sys
+import tensorflow_datasets as tfds
+from absl import app
+sys.argv = ['main', '--config=configs/cifar10.py:model=mlp_1x512,runlocal',
+            '--workdir={tmp_path}', '--config.num_train=0', '--config.num_test=0',
+            '--config.num_epochs=1', '--config.batch_size=16']
+from rethinking import main
+with tfds.testing.mock_data(num_examples=64):
+  app.run(main.main)
+"""
+  proc = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = read_metrics(tmp_path)
+  assert rows[-1]["epoch"] == 1 and rows[-1]["step"] == 4  # 64 mock images / 16.
+  info = json.loads((tmp_path / "run_info.json").read_text())
+  assert info["num_train"] == 64
