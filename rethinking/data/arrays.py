@@ -64,15 +64,14 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
                      f"with keys {', '.join(NPZ_KEYS)}, or a TFDS name such as 'cifar10')")
   try:
     with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in NPZ_KEYS if k not in f.files]
-      if missing:
-        raise ValueError(f"config.dataset={path!r}: missing keys {missing}; the file has "
-                         f"{sorted(f.files)} and needs {list(NPZ_KEYS)}")
-      return {k: f[k] for k in NPZ_KEYS}
-  except ValueError:
-    raise
+      arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile.BadZipFile, OSError, pickle refusal, ...
     raise ValueError(f"config.dataset={path!r}: not a readable .npz file ({e})") from e
+  missing = [k for k in NPZ_KEYS if k not in arrays]
+  if missing:
+    raise ValueError(f"config.dataset={path!r}: missing keys {missing}; the file has "
+                     f"{sorted(arrays)} and needs {list(NPZ_KEYS)}")
+  return {k: arrays[k] for k in NPZ_KEYS}
 
 
 def _load_tfds(name: str, data_dir: str | None) -> dict[str, np.ndarray]:
