@@ -111,7 +111,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.log_every_steps = 50  # Host syncs for the progress bar; nothing per step.
   config.steps_per_dispatch = 1  # >1 fuses several train steps into one device call.
   config.checkpoint_every_steps = 0  # 0 = once per epoch only.
-  config.keep_checkpoints = 2
+  config.keep_checkpoints = 2  # The latest N; the best by test accuracy is kept too.
+  config.allow_config_change = False  # True: resume a workdir despite changed identity fields.
 
   if arg.runlocal:
     config.num_train = 1000

@@ -9,19 +9,38 @@ The data order and every RNG stream are pure functions of (seed, step), so the
 step *is* the position in the data and the RNG state.
 
 Saving is asynchronous (the next steps run while it is written). Kept: the latest
-`keep` checkpoints and the best by test accuracy.
+`keep` checkpoints and the best by test accuracy. Orbax writes each checkpoint to
+a temporary directory and renames it when complete, and deletes old ones only
+after that, so the last good checkpoint always survives a kill. A checkpoint that
+is complete but damaged on disk (a truncated or overwritten file) fails to restore
+or fails its checksum (a sha256 of the state saved in `meta`); restore then moves
+it to <workdir>/checkpoints_corrupt/ and falls back to the previous one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from typing import Any
 
+from absl import logging
 import flax
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+
+
+def state_digest(state_dict) -> str:
+  """sha256 of every array of a state dict, in tree order (detects damaged files)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(state_dict):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
 
 
 class Checkpointer:
@@ -35,7 +54,8 @@ class Checkpointer:
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+    self.workdir = os.path.abspath(workdir)
+    self.manager = ocp.CheckpointManager(os.path.join(self.workdir, CHECKPOINT_DIR),
                                          options=options, item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:
@@ -43,19 +63,42 @@ class Checkpointer:
 
   def save(self, state, meta: dict[str, Any], test_accuracy: float | None = None) -> None:
     """Starts an asynchronous save at state.step (an epoch-end save carries test_accuracy)."""
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(meta))
+    state_dict = flax.serialization.to_state_dict(state)
+    meta = dict(meta, state_sha256=state_digest(state_dict))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
+                              meta=ocp.args.JsonSave(meta))
     metrics = None if test_accuracy is None else {"test_accuracy": float(test_accuracy)}
     self.manager.save(int(state.step), args=args, metrics=metrics, force=True)
 
-  def restore(self, state, step: int | None = None):
-    """Restores (state, meta) from `step` (default: the latest) onto a template state."""
-    step = self.latest_step() if step is None else step
+  def restore(self, state, step: int):
+    """Restores (state, meta) from `step` onto a template state; raises if damaged."""
     template = flax.serialization.to_state_dict(state)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
-    return flax.serialization.from_state_dict(state, restored["state"]), dict(restored["meta"])
+    meta = dict(restored["meta"])
+    if meta.pop("state_sha256", None) != state_digest(restored["state"]):
+      raise ValueError("the state's checksum does not match the one saved with it")
+    return flax.serialization.from_state_dict(state, restored["state"]), meta
+
+  def restore_latest_good(self, state):
+    """(state, meta) from the newest checkpoint that restores intact, or None if none does.
+
+    Damaged checkpoints are reported and moved aside (never deleted) before
+    falling back to the previous one.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(state, step)
+      except Exception as e:  # pylint: disable=broad-except  (any failure = unusable)
+        dest = os.path.join(self.workdir, CORRUPT_DIR, str(step))
+        logging.error("Checkpoint at step %d is damaged (%s: %s); moving it to %s and "
+                      "falling back to the previous one.", step, type(e).__name__,
+                      str(e).splitlines()[0][:300] if str(e) else "", dest)
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(dest), exist_ok=True)
+          shutil.move(os.path.join(self.workdir, CHECKPOINT_DIR, str(step)), dest)
+        self.manager.reload()
+    return None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

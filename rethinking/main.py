@@ -3,12 +3,15 @@ r"""Command line: trains one run from a config file.
   python -m rethinking.main --config=configs/cifar10.py:model=mlp_1x512,corruption=random_labels \
       --workdir=/tmp/run [--config.num_epochs=50 ...]
 
-Running the same command on the same workdir resumes the run. Kept short on
+Running the same command on the same workdir resumes the run. Exit codes: 0 done;
+75 stopped by SIGTERM/SIGINT after saving (rerun to continue); 1 a failed run
+(non-finite loss, workdir in use); 2 bad input (config or data). Kept short on
 purpose: everything else is importable from `rethinking.train`.
 """
 
 import logging as logging_lib
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -34,9 +37,24 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # TensorFlow (TFDS input pipelines only) must never take the accelerators from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from rethinking import preemption  # pylint: disable=g-import-not-at-top
   from rethinking import train  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.warning("Preempted (%s): checkpoint saved, metrics flushed. Run the same command "
+                    "to continue.", e)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
+  except ValueError as e:
+    sys.exit(_error(e, 2))
+  except (RuntimeError, FloatingPointError) as e:
+    sys.exit(_error(e, 1))
+
+
+def _error(e: Exception, code: int) -> int:
+  print(f"error: {e}", file=sys.stderr, flush=True)
+  return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""The epoch loop shared by every task: logging, evaluation, checkpoints, resume, preemption.
+
+A task (CIFAR-10 from device memory, ImageNet from tf.data across devices) says
+how to initialize a state, run `n` train steps, and evaluate; this loop owns
+everything that must be the same for all of them:
+
+- resume: the newest intact checkpoint; metrics rows past it are dropped, so a
+  killed run that resumes writes each epoch exactly once;
+- the host syncs: once per `log_every_steps` and at epoch ends, never per step;
+- checkpoints at every epoch end and every `checkpoint_every_steps`, with the
+  running metric sums of a partly finished epoch, so a resumed run continues
+  bit for bit;
+- SIGTERM/SIGINT: stop after the current dispatch, save, flush, raise Preempted;
+- a non-finite loss: stop without saving, naming the step;
+- `stop_at_train_accuracy` (time to fit) and the best test accuracy (early stopping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Protocol
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import tqdm
+
+from rethinking import checkpoint
+from rethinking import metrics as metrics_lib
+from rethinking import preemption
+from rethinking import workdir as workdir_lib
+
+SUM_KEYS = ("loss", "correct", "correct_top5", "count")
+
+
+class Task(Protocol):
+  """What the loop needs from a dataset/model/device setup."""
+
+  steps_per_epoch: int
+  learning_rate_fn: Callable[[int], Any]
+  run_info: dict[str, Any]  # Written to run_info.json; sizes, fingerprints, ...
+
+  def init_state(self) -> Any:
+    """A fresh train state (the template a checkpoint is restored onto)."""
+
+  def train(self, state, epoch: int, num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+    """Runs `num_steps` steps of `epoch` from state.step; returns the state and
+    on-device metric sums (SUM_KEYS) plus 'first_nonfinite_step' (-1 if none)."""
+
+  def evaluate(self, state) -> dict[str, Any]:
+    """Metrics of the current state: at least test_loss and test_accuracy."""
+
+
+def zero_sums() -> dict[str, jax.Array]:
+  return {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}
+
+
+def add_sums(a: dict, b: dict) -> dict:
+  return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def means(sums: dict[str, Any], prefix: str, index: int | None = None) -> dict[str, Any]:
+  """Loss and accuracy from metric sums (optionally one group of a grouped eval).
+
+  An empty group (no clean labels at p = 1) gives None, not a misleading zero.
+  """
+  s = {k: float(v if index is None else v[index]) for k, v in sums.items() if k in SUM_KEYS}
+  if not s["count"]:
+    return {f"{prefix}_loss": None, f"{prefix}_accuracy": None}
+  return {f"{prefix}_loss": s["loss"] / s["count"], f"{prefix}_accuracy": s["correct"] / s["count"]}
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Resume bookkeeping saved in each checkpoint's `meta`."""
+
+  best_test_accuracy: float = 0.0
+  best_epoch: int = 0
+  wall_time: float = 0.0
+  fit_step: int | None = None
+  train_sums: dict[str, float] | None = None  # Sums of a partly finished epoch.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str, Any]:
+  """Trains `task` to config.num_epochs (or to the fit criterion), resuming from `workdir`.
+
+  Returns:
+    The last metrics row of the run.
+  """
+  is_main = jax.process_index() == 0
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = task.init_state()
+  progress = _Progress()
+  restored = ckpt.restore_latest_good(state)
+  if restored is not None:
+    state, meta = restored
+    progress = _Progress(**{f.name: meta[f.name] for f in dataclasses.fields(_Progress)
+                            if f.name in meta})
+    logging.info("Resuming from step %d in %s", int(state.step), workdir)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  writer.truncate_after(int(state.step))
+  if is_main:
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+      json.dump(task.run_info, f, indent=2)
+
+  spe = task.steps_per_epoch
+  step = int(state.step)
+  finished = progress.fit_step is not None or step >= spe * config.num_epochs
+  bar = tqdm.tqdm(total=spe * config.num_epochs, initial=min(step, spe * config.num_epochs),
+                  unit="step", dynamic_ncols=True, disable=not is_main or finished)
+  start_time, wall_offset = time.time(), progress.wall_time
+  wall = lambda: wall_offset + time.time() - start_time
+  last_row = (metrics_lib.read_rows(writer.path) or [{}])[-1] if is_main else {}
+
+  def save(test_accuracy=None):
+    ckpt.save(state, dict(dataclasses.asdict(progress), wall_time=wall(), epoch=step // spe),
+              test_accuracy=test_accuracy)
+
+  try:
+    with preemption.PreemptionGuard() as guard:
+      for epoch in range(step // spe, 0 if finished else config.num_epochs):
+        sums = {k: jnp.asarray(v, jnp.float32) for k, v in (progress.train_sums or {}).items()}
+        sums = sums or zero_sums()
+        first_bad = jnp.asarray(-1, jnp.int32)  # On device; read only at sync points.
+        bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
+        epoch_end = (epoch + 1) * spe
+        while step < epoch_end:
+          boundaries = [epoch_end, _next_multiple(step, config.log_every_steps)]
+          if config.checkpoint_every_steps:
+            boundaries.append(_next_multiple(step, config.checkpoint_every_steps))
+          n = min(min(boundaries) - step, config.steps_per_dispatch)
+          state, chunk = task.train(state, epoch, n)
+          bad = chunk.pop("first_nonfinite_step")
+          first_bad = jnp.where(first_bad < 0, bad, first_bad)
+          sums = add_sums(sums, chunk)
+          step += n
+          bar.update(n)
+          at_checkpoint = bool(config.checkpoint_every_steps
+                               and step % config.checkpoint_every_steps == 0)
+          at_sync = step % config.log_every_steps == 0 or step == epoch_end or at_checkpoint
+          stop = guard.stop_requested(collective=at_sync)
+          if at_sync or stop:
+            _check_finite(int(first_bad), workdir)  # The one host sync per log interval.
+            bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['count']), 1):.4f}")
+          if step != epoch_end and (at_checkpoint or stop):
+            progress.train_sums = {k: float(v) for k, v in sums.items()}
+            save()
+          if stop and step != epoch_end:
+            raise preemption.Preempted(f"{guard.signal_name} at step {step}")
+
+        row = {"epoch": epoch + 1, "step": step,
+               "learning_rate": float(task.learning_rate_fn(epoch * spe)),
+               **means(sums, "train"), **task.evaluate(state)}
+        if row["test_accuracy"] > progress.best_test_accuracy:
+          progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
+        fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])
+        if 0 < config.stop_at_train_accuracy <= fit_accuracy:
+          progress.fit_step = step
+        row.update(best_test_accuracy=progress.best_test_accuracy,
+                   best_epoch=progress.best_epoch,
+                   param_norm=float(optax.global_norm(state.params)), wall_time=wall())
+        if progress.fit_step is not None:
+          row["fit_step"] = progress.fit_step
+        writer.write(row)
+        last_row = row
+        progress.train_sums = None
+        save(test_accuracy=row["test_accuracy"])
+        bar.write(_summary(row))
+        if progress.fit_step is not None:
+          logging.info("Train accuracy %.4f >= %.4f at step %d: stopping.", fit_accuracy,
+                       config.stop_at_train_accuracy, step)
+          break
+        if guard.stop_requested():
+          raise preemption.Preempted(f"{guard.signal_name} at step {step}")
+  finally:
+    bar.close()
+    ckpt.close()  # Waits for the asynchronous save in flight.
+    writer.close()
+  return last_row
+
+
+def _next_multiple(step: int, every: int) -> int:
+  return (step // every + 1) * every
+
+
+def _check_finite(first_bad_step: int, workdir: str) -> None:
+  if first_bad_step >= 0:
+    raise FloatingPointError(
+        f"non-finite training loss at step {first_bad_step + 1}; stopping. The last good "
+        f"checkpoint in {workdir} is kept (lower config.learning_rate to continue).")
+
+
+def _summary(row: dict[str, Any]) -> str:
+  keys = ("train_loss", "train_accuracy", "train_eval_accuracy", "test_accuracy")
+  return f"epoch {row['epoch']} step {row['step']}: " + " ".join(
+      f"{k}={row[k]:.4f}" for k in keys if row.get(k) is not None)
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir of a different run, then writes config.json (process 0)."""
+  workdir_lib.check_resumable(config, workdir)
+  if jax.process_index() == 0:
+    workdir_lib.write_config(config, workdir)
