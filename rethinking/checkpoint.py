@@ -39,7 +39,9 @@ def state_digest(state_dict) -> str:
   """sha256 of every array of a state dict, in tree order (detects damaged files)."""
   h = hashlib.sha256()
   for leaf in jax.tree_util.tree_leaves(state_dict):
-    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    leaf = np.asarray(leaf)
+    # Scalars by value: `step` is saved as an int32 array and restored as a Python int.
+    h.update(repr(leaf.item()).encode() if leaf.ndim == 0 else np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()
 
 
@@ -63,7 +65,10 @@ class Checkpointer:
 
   def save(self, state, meta: dict[str, Any], test_accuracy: float | None = None) -> None:
     """Starts an asynchronous save at state.step (an epoch-end save carries test_accuracy)."""
-    state_dict = flax.serialization.to_state_dict(state)
+    # Host copies, taken now: the train step donates the state's device buffers, and
+    # on CPU an asynchronous save would otherwise write arrays that later steps
+    # overwrote in place (the checksum below caught exactly that).
+    state_dict = jax.tree_util.tree_map(np.array, flax.serialization.to_state_dict(state))
     meta = dict(meta, state_sha256=state_digest(state_dict))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
                               meta=ocp.args.JsonSave(meta))
