@@ -65,14 +65,14 @@ def add_sums(a: dict, b: dict) -> dict:
 
 
 def means(sums: dict[str, Any], prefix: str, index: int | None = None) -> dict[str, Any]:
-  """Loss and accuracy from metric sums (optionally one group of a grouped eval).
+  """Loss, top-1 and top-5 accuracy from metric sums (optionally one group of a grouped eval).
 
   An empty group (no clean labels at p = 1) gives None, not a misleading zero.
   """
   s = {k: float(v if index is None else v[index]) for k, v in sums.items() if k in SUM_KEYS}
-  if not s["count"]:
-    return {f"{prefix}_loss": None, f"{prefix}_accuracy": None}
-  return {f"{prefix}_loss": s["loss"] / s["count"], f"{prefix}_accuracy": s["correct"] / s["count"]}
+  names = {"loss": "loss", "correct": "accuracy", "correct_top5": "top5_accuracy"}
+  return {f"{prefix}_{name}": s[key] / s["count"] if s["count"] else None
+          for key, name in names.items()}
 
 
 @dataclasses.dataclass

@@ -72,6 +72,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.
     The new state and metric sums over the (global) batch.
   """
   rng = jax.random.fold_in(dropout_rng, state.step)
+  if axis_name is not None:  # Each device's shard of the batch gets its own dropout masks.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):

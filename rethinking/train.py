@@ -157,12 +157,12 @@ class InMemoryTask:
     if self.config.eval_train:
       sums = self._evaluate(state, self.x_train, self.y_train, self.train_groups)
       row.update(loop.means(sums, "train_eval", 0))
+      row.pop("train_eval_top5_accuracy")
       if self.config.corruption in corruptions.LABEL_CORRUPTIONS:
         row["train_accuracy_clean"] = loop.means(sums, "t", 1)["t_accuracy"]
         row["train_accuracy_corrupted"] = loop.means(sums, "t", 2)["t_accuracy"]
     sums = self._evaluate(state, self.x_test, self.y_test, self.test_groups)
     row.update(loop.means(sums, "test", 0))
-    row["test_top5_accuracy"] = float(sums["correct_top5"][0] / sums["count"][0])
     row.update(corruption=self.config.corruption,
                test_images_corrupted=self.data.corrupt_test_images,
                data_fingerprint=self.data.fingerprint)
@@ -180,10 +180,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The last metrics row.
   """
   validation.check_config(config)
-  data = load_data(config)  # Everything is validated before the workdir is touched.
+  # Everything is validated (config, data, workdir) before the workdir is touched.
+  if config.get("pipeline", "in_memory") == "imagenet":
+    make_task = _data_parallel_task(config)
+  else:
+    data = load_data(config)
+    make_task = lambda: InMemoryTask(config, data)
   workdir_lib.check_resumable(config, workdir)
   with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
     loop.prepare_workdir(config, workdir)
-    task = InMemoryTask(config, data)
+    task = make_task()
     logging.info("Run: %s", json.dumps(task.run_info))
     return loop.run(config, workdir, task)
+
+
+def _data_parallel_task(config: ml_collections.ConfigDict):
+  """Builds the ImageNet input (validating it) and returns the task's constructor."""
+  from rethinking import parallel  # pylint: disable=g-import-not-at-top
+  from rethinking.data import imagenet  # pylint: disable=g-import-not-at-top
+  per_device = parallel.check_batch(config.batch_size)
+  eval_per_device = parallel.check_batch(config.eval_batch_size, "eval_batch_size")
+  pipeline = imagenet.ImageNetInput(
+      config.dataset, data_dir=config.data_dir or None, image_size=config.image_size,
+      per_device_batch=per_device, eval_per_device_batch=eval_per_device,
+      augment=config.augment != "none", corruption=config.corruption,
+      corrupt_prob=config.corrupt_prob, seed=config.seed, num_train=config.num_train)
+  return lambda: parallel.DataParallelTask(config, pipeline)

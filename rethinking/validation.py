@@ -13,6 +13,8 @@ from rethinking.data import corruptions
 from rethinking.data import preprocess
 from rethinking.models import MODELS
 
+MIN_INCEPTION_V3_SIZE = 75
+
 
 def _fail(field: str, value, allowed: str):
   raise ValueError(f"config.{field}={value!r} is not allowed: {allowed}")
@@ -26,8 +28,16 @@ def _one_of(config, field: str, choices) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks every field that can be checked without loading data."""
   _one_of(config, "model", sorted(MODELS))
-  _one_of(config, "corruption", corruptions.CORRUPTIONS)
-  _one_of(config, "augment", preprocess.AUGMENTATIONS)
+  if config.get("pipeline", "in_memory") == "imagenet":
+    _one_of(config, "corruption", ("none",) + corruptions.LABEL_CORRUPTIONS)
+    _one_of(config, "augment", ("none", "inception"))
+    if config.model == "inception_v3" and config.image_size < MIN_INCEPTION_V3_SIZE:
+      _fail("image_size", config.image_size, f"Inception V3 needs at least "
+            f"{MIN_INCEPTION_V3_SIZE}x{MIN_INCEPTION_V3_SIZE} inputs (299 is standard); raise "
+            "config.image_size or use a smaller model")
+  else:
+    _one_of(config, "corruption", corruptions.CORRUPTIONS)
+    _one_of(config, "augment", preprocess.AUGMENTATIONS)
   if not 0.0 <= config.corrupt_prob <= 1.0:
     _fail("corrupt_prob", config.corrupt_prob, "expected a probability in [0, 1]")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
@@ -35,7 +45,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config[field] <= 0:
       _fail(field, config[field], "expected a positive integer")
   for field in ("num_train", "num_test", "checkpoint_every_steps"):
-    if config[field] < 0:
+    if config.get(field, 0) < 0:
       _fail(field, config[field], "expected 0 (all / off) or a positive integer")
   for field in ("learning_rate",):
     if not config[field] > 0:

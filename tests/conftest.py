@@ -1,7 +1,16 @@
 """Shared test fixtures: the real data in ../shared/data, and command-line runs."""
 
-import json
 import os
+
+# 8 fake CPU devices for the data-parallel code, set before anything imports jax.
+# Single-device code (CIFAR) runs on the first of them, as on a multi-GPU machine.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Compiled programs are shared by the test process and every command-line run it
+# starts: conv nets take tens of seconds to compile on a CPU, the cache makes that once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    __import__("tempfile").gettempdir(), "rethinking_test_jax_cache"))
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib
 import subprocess
 import sys

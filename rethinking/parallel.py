@@ -1,0 +1,133 @@
+"""Synchronous data parallelism: the same train step, `jax.pmap`ped over every device.
+
+The paper trained Inception V3 on ImageNet with asynchronous SGD on 50 workers;
+here every device of every process takes a slice of the global batch, and
+`lax.pmean` averages gradients and BatchNorm statistics (the step's
+`axis_name='batch'`), so all replicas stay identical. As in flax's imagenet
+example, the state goes in with `in_axes=None` and comes back with
+`out_axes=None`: one logical copy, not a stacked one per device, so the
+checkpoint does not depend on the device count and a run can resume on a
+different number of devices.
+
+Global batch = `config.batch_size`, split evenly over `jax.device_count()`
+devices; the learning rate follows the linear scaling rule (Goyal et al. 2017):
+`learning_rate * batch_size / base_batch_size`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rethinking import loop
+from rethinking import optim
+from rethinking import step as step_lib
+from rethinking.models import get_model
+
+AXIS = "batch"
+_INIT, _DROPOUT = 0, 3
+
+
+def to_inputs(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint8 images to Inception's input range [-1, 1] (on the device)."""
+  return (images.astype(jnp.float32) * (2.0 / 255.0) - 1.0).astype(dtype)
+
+
+def _train_step(state, batch, dropout_rng, dtype):
+  batch = dict(batch, image=to_inputs(batch["image"], dtype))
+  state, sums = step_lib.train_step(state, batch, dropout_rng, axis_name=AXIS)
+  bad = jnp.where(jnp.isfinite(sums["loss"]), -1, state.step - 1).astype(jnp.int32)
+  return state, dict(sums, first_nonfinite_step=bad)
+
+
+def _eval_step(state, batch, dtype):
+  return step_lib.eval_step(state, dict(batch, image=to_inputs(batch["image"], dtype)),
+                            axis_name=AXIS)
+
+
+def pmapped_steps(dtype=jnp.float32):
+  """(train_step, eval_step) pmapped over local devices, state unreplicated and donated."""
+  train = jax.pmap(functools.partial(_train_step, dtype=dtype), axis_name=AXIS,
+                   in_axes=(None, 0, None), out_axes=(None, None), donate_argnums=(0,))
+  evaluate = jax.pmap(functools.partial(_eval_step, dtype=dtype), axis_name=AXIS,
+                      in_axes=(None, 0), out_axes=None)
+  return train, evaluate
+
+
+def check_batch(batch_size: int, field: str = "batch_size") -> int:
+  """The per-device batch; the global batch must split evenly over every device."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise ValueError(f"config.{field}={batch_size} is not divisible by the {n} devices "
+                     f"({jax.process_count()} process(es) x {jax.local_device_count()}); use a "
+                     f"multiple of {n}, e.g. {max(n, batch_size // n * n)}")
+  return batch_size // n
+
+
+class DataParallelTask:
+  """A tf.data pipeline (ImageNet) feeding a pmapped step on every device of every host."""
+
+  def __init__(self, config: ml_collections.ConfigDict, pipeline: Any):
+    self.config, self.pipeline = config, pipeline
+    self.steps_per_epoch = pipeline.steps_per_epoch
+    self.dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    self.model = get_model(config.model, num_classes=pipeline.num_classes,
+                           dropout_rate=config.dropout_rate, dtype=self.dtype, axis_name=AXIS,
+                           **dict(config.get("model_kwargs", {})))
+    lr = config.learning_rate * config.batch_size / config.base_batch_size
+    self.learning_rate_fn = optim.learning_rate_schedule(lr, config.lr_decay, self.steps_per_epoch)
+    self.tx = optim.make_optimizer(self.learning_rate_fn, config.momentum, config.weight_decay)
+    self.root = jax.random.PRNGKey(config.seed)
+    self.dropout_key = jax.random.fold_in(self.root, _DROPOUT)
+    self._train, self._eval = pmapped_steps(self.dtype)
+    self._iterator: Iterator | None = None
+    self._next_step: int | None = None
+    self.run_info = {"num_train": pipeline.num_train, "num_test": pipeline.num_eval,
+                     "num_classes": pipeline.num_classes, "steps_per_epoch": self.steps_per_epoch,
+                     "global_batch": config.batch_size, "devices": jax.device_count(),
+                     "processes": jax.process_count(), "learning_rate_scaled": lr,
+                     "data_fingerprint": pipeline.fingerprint}
+
+  def init_state(self) -> step_lib.TrainState:
+    size = self.config.image_size
+    # Initialized outside pmap, so without the axis name (init runs BN in inference mode).
+    model = self.model.clone(axis_name=None) if hasattr(self.model, "axis_name") else self.model
+    state = step_lib.create_train_state(jax.random.fold_in(self.root, _INIT), model,
+                                        (size, size, 3), self.tx)
+    state = state.replace(apply_fn=self.model.apply)
+    self.run_info["num_params"] = int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))
+    return state
+
+  def _batches(self, epoch: int, start: int) -> Iterator:
+    return flax.jax_utils.prefetch_to_device(
+        iter(self.pipeline.train_batches(epoch, start_step=start)), 2)
+
+  def train(self, state, epoch: int, num_steps: int):
+    step = int(state.step)  # Host-side bookkeeping only; state.step is not read back per step.
+    if self._next_step != step:  # First call, a new epoch, or after a resume.
+      self._iterator = self._batches(epoch, step - epoch * self.steps_per_epoch)
+    sums, first_bad = loop.zero_sums(), jnp.asarray(-1, jnp.int32)
+    for _ in range(num_steps):
+      state, m = self._train(state, next(self._iterator), self.dropout_key)
+      bad = m.pop("first_nonfinite_step")
+      first_bad = jnp.where(first_bad < 0, bad, first_bad)
+      sums = loop.add_sums(sums, m)
+    self._next_step = step + num_steps
+    if self._next_step % self.steps_per_epoch == 0:
+      self._next_step = None  # The next epoch starts a new iterator.
+    return state, dict(sums, first_nonfinite_step=first_bad)
+
+  def evaluate(self, state) -> dict[str, Any]:
+    sums = loop.zero_sums()
+    for batch in self.pipeline.eval_batches():
+      sums = loop.add_sums(sums, self._eval(state, batch))
+    row = loop.means(sums, "test")
+    row["test_count"] = int(float(sums["count"]))
+    row["corruption"] = self.config.corruption
+    return row
+
