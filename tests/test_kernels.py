@@ -1,0 +1,182 @@
+"""Section 5: blocked kernels, exact and CG solves, the memory plan, features, min-norm SGD."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rethinking.theory import features, kernels, min_norm
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(
+    not all((DATA / f).exists() for f in ("mnist.npz", "cifar10_10k.npz")),
+    reason=f"real data (mnist.npz, cifar10_10k.npz) not found in {DATA}")
+
+
+def _dense_gaussian(x1, x2, bandwidth):
+  d2 = ((x1[:, None, :] - x2[None, :, :])**2).sum(-1)
+  return np.exp(-d2 / (2 * bandwidth**2))
+
+
+def _problem(n=120, d=6, k=3, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((n, d)), rng.standard_normal((n, k))
+
+
+def test_blocked_kernel_matrix_and_matvec_match_dense():
+  x, v = _problem(n=37)
+  x2 = x[:11] + 0.1
+  k = kernels.Kernel("gaussian", 1.7)
+  with kernels.precision_scope(np.float64):
+    # 37 rows in blocks of 8: the last block overlaps the one before it.
+    got = kernels.kernel_matrix(k, jnp.asarray(x), jnp.asarray(x2), block_size=8)
+    mv = kernels.kernel_matvec(k, jnp.asarray(x), jnp.asarray(x), jnp.asarray(v), block_size=8)
+    lin = kernels.kernel_matrix(kernels.Kernel("linear"), jnp.asarray(x), jnp.asarray(x),
+                                block_size=8, diag_shift=0.5)
+  np.testing.assert_allclose(got, _dense_gaussian(x, x2, 1.7), rtol=1e-12)
+  np.testing.assert_allclose(mv, _dense_gaussian(x, x, 1.7) @ v, rtol=1e-10)
+  np.testing.assert_allclose(lin, x @ x.T + 0.5 * np.eye(37), rtol=1e-12)
+
+
+def test_unknown_kernel_lists_known():
+  with pytest.raises(ValueError, match=r"\['gaussian', 'linear'\]"):
+    kernels.Kernel("laplace")
+
+
+def test_exact_solve_interpolates_in_float64_without_leaking_x64():
+  x, y = _problem()
+  k = kernels.Kernel("gaussian", 2.0)
+  sol = kernels.solve(k, x, y)
+  dense = _dense_gaussian(x, x, 2.0)
+  assert sol.dtype == "float64" and sol.jitter == 0
+  assert sol.residual < 1e-10
+  np.testing.assert_allclose(dense @ sol.alpha, y, atol=1e-8)
+  np.testing.assert_allclose(sol.norm, np.sqrt(np.sum(sol.alpha * (dense @ sol.alpha))),
+                             rtol=1e-10)
+  # The float64 scope is local: the rest of the process (float32 training) is untouched.
+  assert jnp.zeros(1).dtype == jnp.float32
+
+
+def test_l2_solves_the_ridge_system_and_shrinks_the_norm():
+  x, y = _problem()
+  k = kernels.Kernel("gaussian", 2.0)
+  exact, ridge = kernels.solve(k, x, y), kernels.solve(k, x, y, l2=0.1)
+  dense = _dense_gaussian(x, x, 2.0)
+  np.testing.assert_allclose((dense + 0.1 * np.eye(len(x))) @ ridge.alpha, y, atol=1e-9)
+  assert ridge.norm < exact.norm
+
+
+@pytest.mark.parametrize("cg_rank", [0, 40])
+def test_conjugate_gradient_agrees_with_cholesky(cg_rank):
+  x, y = _problem(n=150)
+  k = kernels.Kernel("gaussian", 1.5)
+  chol = kernels.solve(k, x, y)
+  cg = kernels.solve(k, x, y, solver="cg", cg_tol=1e-10, cg_rank=cg_rank, block_size=64)
+  assert cg.residual < 1e-8
+  np.testing.assert_allclose(cg.alpha, chol.alpha, rtol=0, atol=1e-6 * np.abs(chol.alpha).max())
+  np.testing.assert_allclose(cg.norm, chol.norm, rtol=1e-8)
+
+
+def test_nystrom_preconditioner_cuts_cg_iterations():
+  # Points in 2-d: the kernel's spectrum decays fast, which is what Nystrom captures.
+  x, y = _problem(n=200, d=2)
+  k = kernels.Kernel("gaussian", 1.0)
+  plain = kernels.solve(k, x, y, l2=1e-4, solver="cg", cg_rank=0, cg_tol=1e-8)
+  pre = kernels.solve(k, x, y, l2=1e-4, solver="cg", cg_rank=50, cg_tol=1e-8)
+  assert pre.residual < 1e-7
+  assert pre.iterations < plain.iterations / 5
+
+
+def test_memory_plan_for_full_mnist():
+  plan = kernels.plan_memory(60_000, np.float32, budget_bytes=20 * 10**9)
+  assert plan.kernel_bytes == 14_400_000_000
+  assert plan.solver == "cg"  # K and its factor need 28.8 GB
+  assert "14.40 GB" in plan.describe() and "conjugate gradient" in plan.describe()
+  assert plan.cg_bytes < 10**9
+  assert kernels.plan_memory(60_000, np.float32, budget_bytes=30 * 10**9).solver == "cholesky"
+  with pytest.raises(ValueError, match="known solvers"):
+    kernels.plan_memory(10, np.float32, solver="lu")
+
+
+def test_linear_kernel_interpolant_is_the_min_norm_solution():
+  rng = np.random.default_rng(4)
+  x, y = rng.standard_normal((40, 100)), rng.standard_normal((40, 2))
+  sol = kernels.solve(kernels.Kernel("linear"), x, y)
+  np.testing.assert_allclose(x.T @ sol.alpha, min_norm.min_norm_solution(x, y), rtol=1e-8)
+
+
+def test_sgd_from_zero_reaches_the_min_norm_solution():
+  rng = np.random.default_rng(5)
+  x, y = rng.standard_normal((50, 200)), rng.standard_normal(50)
+  w_star = min_norm.min_norm_solution(x, y)
+  w = min_norm.sgd_least_squares(x, y, num_epochs=30)
+  assert min_norm.relative_difference(w, w_star) < 1e-3
+  # From elsewhere SGD still interpolates but keeps w0's part outside the row space.
+  w0 = rng.standard_normal(200)
+  w_far = min_norm.sgd_least_squares(x, y, num_epochs=30, w0=w0)
+  null_part = w0 - x.T @ np.linalg.solve(x @ x.T, x @ w0)
+  assert np.abs(x @ w_far - y).max() < 1e-3
+  assert min_norm.relative_difference(w_far, w_star + null_part) < 1e-3
+  assert min_norm.relative_difference(w_far, w_star) > 0.5
+
+
+def test_ridge_approaches_the_min_norm_solution():
+  rng = np.random.default_rng(6)
+  x, y = rng.standard_normal((30, 80)), rng.standard_normal((30, 2))
+  w_star = min_norm.min_norm_solution(x, y)
+  gaps = [min_norm.relative_difference(min_norm.ridge_solution(x, y, l2), w_star)
+          for l2 in (10.0, 1.0, 1e-2, 1e-4, 1e-6)]
+  assert all(a > b for a, b in zip(gaps, gaps[1:]))
+  assert gaps[-1] < 1e-6
+
+
+def test_morlet_filters_have_zero_mean():
+  psi = features.morlet_filters(36, 2, 8)
+  assert np.abs(psi.sum(axis=(1, 2))).max() < 1e-10
+  assert abs(features.gaussian_filter(36, 3.2).sum() - 1) < 1e-12
+
+
+@needs_data
+def test_random_conv_features_ignore_brightness():
+  ds = features.load_subsets(str(DATA / "cifar10_10k.npz"), 40, 10)
+  featurize = features.make_features("random_conv", ds.x_train, num_filters=16, seed=0)
+  dark = (ds.x_test // 2).astype(np.uint8)
+  f = featurize(dark)
+  assert f.shape == (10, 8 * 16) and np.all(np.isfinite(f)) and f.max() > 0
+  # Each patch is normalised for brightness, so adding a constant changes nothing.
+  np.testing.assert_allclose(featurize(dark + 60), f, rtol=1e-3, atol=1e-3 * f.max())
+  gabor = features.make_features("gabor", ds.x_train)(ds.x_test)
+  assert gabor.shape == (10, 17 * 16 * 16) and np.all(np.isfinite(gabor))
+
+
+@needs_data
+def test_gaussian_kernel_on_2000_mnist_digits_beats_90_percent():
+  ds = features.load_subsets(str(DATA / "mnist.npz"), 2000, 1000)
+  raw = features.make_features("raw", ds.x_train)
+  x, x_test = raw(ds.x_train), raw(ds.x_test)
+  k = kernels.Kernel("gaussian", kernels.median_bandwidth(x))
+  sol = kernels.solve(k, x, np.eye(10)[ds.y_train])
+  assert sol.residual < 1e-8
+  error = kernels.classification_error(kernels.predict(k, x, sol.alpha, x_test), ds.y_test)
+  assert error < 0.10
+
+
+@needs_data
+def test_command_line_writes_json(tmp_path):
+  out = tmp_path / "result.json"
+  proc = subprocess.run([sys.executable, "-m", "rethinking.kernels",
+                         f"--dataset={DATA / 'mnist.npz'}", "--num_train=200", "--num_test=100",
+                         "--features=gabor", "--l2=1e-3", f"--out={out}"], check=True,
+                        cwd=REPO, capture_output=True, text=True)
+  assert "memory plan: kernel matrix 200 x 200" in proc.stdout
+  result = json.loads(out.read_text())
+  assert result["num_train"] == 200 and result["num_test"] == 100
+  assert result["solver"] == "cholesky" and result["residual"] < 1e-8
+  assert 0 <= result["test_error"] < 0.5 and result["norm"] > 0
+  assert result["memory"]["kernel_bytes"] == 200 * 200 * 8
+  assert {"time_s", "feature_dim", "bandwidth", "train_error"} <= result.keys()
