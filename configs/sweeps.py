@@ -1,0 +1,156 @@
+r"""The paper's experiments as sweeps: lists of runs of configs/cifar10.py and configs/imagenet.py.
+
+`get_sweep(name, scale)` returns the runs of a sweep, each a dict:
+  name       readable and derived from the preset and overrides, so a run shared by two
+             sweeps (Table 1's Inception on true labels is also in Figures 1a and 2) has
+             one workdir, <root>/<config file stem>/<name>/seed<k>, and trains once
+  config     the config file, relative to the repo root
+  arg        its preset argument (`--config=<config>:<arg>`)
+  overrides  config fields set on top (`--config.<field>=<value>`)
+Commands (run from the repo root):
+
+  python -m rethinking.sweep --sweep=table1 --root=/data/rethinking          # a GPU, paper scale
+  python -m rethinking.sweep --sweep=figure1bc --root=/data/rethinking --seeds=3
+  python -m rethinking.sweep --sweep=figure1bc --root=/tmp/f1bc --scale=runlocal \
+      --dataset=../shared/data/cifar10_10k.npz                               # this CPU
+  python -m rethinking.report --root=/data/rethinking --out=/data/rethinking/report
+
+`runlocal` shrinks every CIFAR run (data, image size, epochs; see RUNLOCAL) so the whole
+pipeline runs on a 2-core CPU; its numbers show the shape of a result, not its values.
+"""
+
+CIFAR = "configs/cifar10.py"
+# Written alongside issue 3 (ImageNet); its Table 2 presets are assumed below.
+IMAGENET = "configs/imagenet.py"
+
+TABLE1 = (  # One run per row of Table 1, in the paper's order.
+    "model=inception_small,crop,wd",
+    "model=inception_small,crop",
+    "model=inception_small,wd",
+    "model=inception_small",
+    "model=inception_small,corruption=random_labels",
+    "model=inception_small_nobn,wd",
+    "model=inception_small_nobn",
+    "model=inception_small_nobn,corruption=random_labels",
+    "model=alexnet_small,crop,wd",
+    "model=alexnet_small,crop",
+    "model=alexnet_small,wd",
+    "model=alexnet_small",
+    "model=alexnet_small,corruption=random_labels",
+    "model=mlp_3x512,wd",
+    "model=mlp_3x512",
+    "model=mlp_3x512,corruption=random_labels",
+    "model=mlp_1x512,wd",
+    "model=mlp_1x512",
+    "model=mlp_1x512,corruption=random_labels",
+)
+FIGURE1A = tuple(f"model=inception_small,corruption={c}" for c in (
+    "none", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_pixels"))
+FIGURE1BC_MODELS = ("mlp_1x512", "alexnet_small", "inception_small")  # Cheap ones first.
+FIGURE2 = ("model=inception_small", "model=inception_small_nobn")
+TABLE4 = (  # Appendix E: random labels with explicit regularizers.
+    "model=inception_small,corruption=random_labels,wd",
+    "model=alexnet_small,corruption=random_labels,wd",
+    "model=mlp_3x512,corruption=random_labels,wd",
+    "model=mlp_1x512,corruption=random_labels,wd",
+    "model=inception_small,corruption=random_labels,crop",
+)
+
+# --- Table 2 (ImageNet) -------------------------------------------------------------
+# Presets of configs/imagenet.py (issue 3), one per Table 2 row: labels=true|random and
+# the flags aug, dropout, wd. If that file names them differently, change only this.
+TABLE2 = (
+    "labels=true,aug,dropout,wd",
+    "labels=true,aug",
+    "labels=true,wd",
+    "labels=true",
+    "labels=random,dropout,wd",
+    "labels=random,wd",
+    "labels=random",
+)
+# ------------------------------------------------------------------------------------
+
+# runlocal, per model: what a 2-core CPU gets through (figure1bc: 15 runs, 18 minutes).
+# Center crops of 12 or 8 pixels keep the convolutional nets cheap. Epochs are a cap:
+# with `fit` a run stops at 100% train accuracy well before it.
+RUNLOCAL = {
+    "mlp_1x512": dict(num_train=10_000, num_test=500, batch_size=128, num_epochs=100),
+    # No BatchNorm, dropout or augmentation: the running train accuracy is the eval-mode
+    # one, so the extra pass over the training set each epoch is skipped.
+    "alexnet_small": dict(num_train=200, num_test=200, batch_size=50, image_size=12,
+                          num_epochs=100, eval_train=False),
+    # A few dozen steps leave BatchNorm's running statistics (momentum 0.99) far from the
+    # data, so eval-mode accuracy is chance: fit on the train-mode running accuracy, and
+    # read Inception's runlocal test error as untrained.
+    "inception_small": dict(num_train=50, num_test=100, batch_size=25, image_size=8,
+                            num_epochs=40, eval_train=False),
+}
+RUNLOCAL["mlp_3x512"] = RUNLOCAL["mlp_1x512"]
+RUNLOCAL["inception_small_nobn"] = RUNLOCAL["inception_small"]
+# Figure 1b/1c at runlocal: every other corruption level; Inception (1-2 minutes of
+# compilation a run on 2 cores) only at the ends and the middle.
+RUNLOCAL_LEVELS = {"mlp_1x512": (0, 2, 4, 6, 8, 10), "alexnet_small": (0, 2, 4, 6, 8, 10),
+                   "inception_small": (0, 5, 10)}
+PAPER_NUM_TRAIN = 50_000  # CIFAR-10
+
+
+def run_name(arg: str, overrides: dict) -> str:
+  """'model=alexnet_small,p=0.3,fit' -> 'alexnet_small-p0.3-fit'; defaults are left out."""
+  parts = []
+  for key, value in [item.partition("=")[::2] for item in arg.split(",")] + [
+      (k, str(v)) for k, v in overrides.items()]:
+    if key in ("model", "corruption"):
+      parts += [value] if value != "none" else []
+    else:
+      parts.append(key + ("_" if value[:1].isalpha() else "") + value)
+  return "-".join(parts)
+
+
+def _runs(config: str, args, **overrides) -> list[dict]:
+  return [{"name": run_name(arg, overrides), "config": config, "arg": arg,
+           "overrides": dict(overrides)} for arg in args]
+
+
+def _figure1bc(scale: str) -> list[dict]:
+  """Label corruption p = 0.0, 0.1, ..., 1.0 (tenths), each run stopping at 100% train accuracy."""
+  return _runs(CIFAR, [f"model={m},p={p / 10:.1f},fit" for m in FIGURE1BC_MODELS
+                       for p in (RUNLOCAL_LEVELS[m] if scale == "runlocal" else range(11))])
+
+
+SWEEPS = {  # name -> scale -> runs (at paper scale; `runlocal` then shrinks each).
+    "table1": lambda scale: _runs(CIFAR, TABLE1),
+    "figure1a": lambda scale: _runs(CIFAR, FIGURE1A),
+    "figure1bc": _figure1bc,
+    "figure2": lambda scale: _runs(CIFAR, FIGURE2),
+    "table2": lambda scale: _runs(IMAGENET, TABLE2),
+    # Full augmentation needs a slower learning-rate decay and longer training (Appendix E).
+    "table4": lambda scale: _runs(CIFAR, TABLE4) + _runs(
+        CIFAR, ["model=inception_small,corruption=random_labels,augment=full"], lr_decay=0.999),
+}
+
+
+def _model(arg: str) -> str:
+  items = dict(item.partition("=")[::2] for item in arg.split(","))
+  return items.get("model", "inception_small")
+
+
+def runlocal(run: dict) -> dict:
+  """The run shrunk for a CPU (same name): its config's `runlocal` preset, plus RUNLOCAL."""
+  run = dict(run, arg=f"{run['arg']},runlocal")
+  if run["config"] == CIFAR:
+    shrink = RUNLOCAL[_model(run["arg"])]
+    # The paper's learning-rate decay per training example seen, not per (much shorter)
+    # epoch: decayed per epoch, the rate dies before the last few examples are fit.
+    decay = run["overrides"].get("lr_decay", 0.95) ** (shrink["num_train"] / PAPER_NUM_TRAIN)
+    run["overrides"] = {**run["overrides"], **shrink, "lr_decay": round(decay, 6)}
+  return run
+
+
+def get_sweep(name: str, scale: str = "paper") -> list[dict]:
+  """The runs of sweep `name` at `scale` ('paper' or 'runlocal')."""
+  if name not in SWEEPS:
+    raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
+  if scale not in ("paper", "runlocal"):
+    raise ValueError(f"unknown scale {scale!r}; known: paper, runlocal")
+  runs = SWEEPS[name](scale)
+  return [runlocal(r) for r in runs] if scale == "runlocal" else runs

@@ -1,0 +1,230 @@
+r"""Runs a sweep of configs/sweeps.py, one run after another, each in its own workdir.
+
+  python -m rethinking.sweep --sweep=figure1bc --root=/tmp/f1bc --scale=runlocal \
+      --dataset=../shared/data/cifar10_10k.npz
+  python -m rethinking.sweep --sweep=table1 --root=/data/rt --dry_run          # list the runs
+  python -m rethinking.sweep --sweep=table1 --root=/data/rt --emit=commands    # one per line
+  python -m rethinking.sweep --sweep=table1 --root=/data/rt --emit=slurm       # an array job
+
+Workdirs are <root>/<config file stem>/<run name>/seed<k>. Finished runs are skipped and
+an interrupted one resumes from its checkpoint, so rerunning a sweep continues it. Each
+run is `python -m rethinking.main` in a subprocess (a fresh process per run, as on a
+cluster); its progress bar shows, and the sweep prints which run of how many is going
+with an ETA from the runs timed so far.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import fnmatch
+import importlib.util
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from rethinking import runs as runs_lib
+from rethinking import workdir as workdir_lib
+
+FLAGS = flags.FLAGS
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run of a sweep with one seed, resolved to its config and workdir."""
+
+  name: str
+  config_file: str
+  arg: str
+  overrides: dict
+  workdir: str
+  config: ml_collections.ConfigDict
+
+  def command(self, python: str = "python") -> list[str]:
+    """The `rethinking.main` command line (run from the repo root)."""
+    # --config must come before any --config.<field> override.
+    return [python, "-m", "rethinking.main", f"--config={self.config_file}:{self.arg}",
+            f"--workdir={self.workdir}",
+            *(f"--config.{k}={v}" for k, v in self.overrides.items())]
+
+  def status(self) -> str:
+    """'new', 'partial' or 'finished'; fails if the workdir holds a different run."""
+    run = runs_lib.read_run(self.workdir)
+    if run is None:
+      return "new"
+    workdir_lib.check_resumable(self.config, self.workdir)  # The trainer's own refusal.
+    return "finished" if runs_lib.is_finished(run.rows, self.config.num_epochs) else "partial"
+
+
+def _load_module(path: pathlib.Path, what: str):
+  if not path.exists():
+    raise FileNotFoundError(f"{path.relative_to(REPO)} not found: {what}")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _config_module(config_file: str):
+  what = ("the ImageNet config (issue 3) is not written yet, so Table 2 cannot be expanded"
+          if config_file.endswith("imagenet.py") else "the sweep names a missing config file")
+  return _load_module(REPO / config_file, what)
+
+
+def resolve_config(config_file: str, arg: str, overrides: dict) -> ml_collections.ConfigDict:
+  """get_config(arg) of the config file, with overrides; an unknown field fails here."""
+  config = _config_module(config_file).get_config(arg)
+  config.lock()
+  for field, value in overrides.items():
+    if field not in config:
+      raise KeyError(f"{config_file}:{arg}: no config field {field!r} to override")
+    config[field] = value
+  return config
+
+
+def parse_sets(sets: list[str]) -> dict:
+  """['num_epochs=2', 'model=mlp_1x512'] -> {'num_epochs': 2, 'model': 'mlp_1x512'}."""
+  overrides = {}
+  for item in sets:
+    field, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set={item!r}: expected field=value")
+    try:
+      overrides[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[field] = value  # A bare string, e.g. a path.
+  return overrides
+
+
+def expand(sweep: str, root: str, scale: str = "paper", seeds: int = 1,
+           dataset: str | None = None, overrides: dict | None = None,
+           only: list[str] | None = None) -> list[Job]:
+  """The jobs of a sweep: its runs x seeds, each config resolved (so errors show up front)."""
+  sweeps = _load_module(REPO / "configs" / "sweeps.py", "the sweep definitions")
+  extra = dict(overrides or {})
+  if dataset:
+    # Runs start in the repo root: a path given from elsewhere must not change meaning.
+    extra["dataset"] = os.path.abspath(dataset) if os.path.exists(dataset) else dataset
+  jobs = []
+  for run in sweeps.get_sweep(sweep, scale):
+    if only and not any(fnmatch.fnmatchcase(run["name"], pattern) for pattern in only):
+      continue
+    for seed in range(seeds):
+      run_overrides = {**run["overrides"], **extra, "seed": seed}
+      workdir = os.path.join(os.path.abspath(root), pathlib.Path(run["config"]).stem,
+                             run["name"], f"seed{seed}")
+      jobs.append(Job(name=f"{run['name']}/seed{seed}", config_file=run["config"],
+                      arg=run["arg"], overrides=run_overrides, workdir=workdir,
+                      config=resolve_config(run["config"], run["arg"], run_overrides)))
+  if not jobs:
+    raise ValueError(f"no runs of sweep {sweep!r} match --only={','.join(only or [])}")
+  return jobs
+
+
+def slurm_script(jobs: list[Job], sweep: str, root: str) -> str:
+  """A SLURM array job, one task per run; resubmitting it resumes the unfinished ones."""
+  cases = "\n".join(f"  {i}) {shlex.join(job.command())} ;;" for i, job in enumerate(jobs))
+  logs = os.path.join(os.path.abspath(root), "slurm")
+  return f"""#!/bin/bash
+# The {sweep} sweep, {len(jobs)} runs, one per array task (written by rethinking.sweep).
+# Submit with `sbatch {sweep}.sbatch`; adapt the #SBATCH lines to your cluster. Finished
+# runs exit at once and interrupted ones resume, so resubmitting continues the sweep.
+#SBATCH --job-name=rethinking-{sweep}
+#SBATCH --array=0-{len(jobs) - 1}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=24:00:00
+#SBATCH --output={logs}/%x-%A_%a.out
+set -euo pipefail
+cd {shlex.quote(str(REPO))}
+case "$SLURM_ARRAY_TASK_ID" in
+{cases}
+esac
+"""
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def eta(pending: list[Job], timed: dict[str, list[float]]) -> str:
+  """Remaining time from the mean duration of runs of the same model (else of any run)."""
+  every = [t for ts in timed.values() for t in ts]
+  if not every:
+    return "ETA after the first run"
+  mean = lambda ts: sum(ts) / len(ts)
+  return "ETA " + _duration(sum(mean(timed.get(j.config.get("model"), every)) for j in pending))
+
+
+def run_jobs(jobs: list[Job], python: str = sys.executable) -> list[Job]:
+  """Runs the unfinished jobs one after another; returns those that failed."""
+  statuses = [job.status() for job in jobs]  # A workdir holding another run fails up front.
+  timed: dict[str, list[float]] = {}
+  failed = []
+  start = time.time()
+  for i, (job, status) in enumerate(zip(jobs, statuses), 1):
+    if status == "finished":
+      print(f"run {i}/{len(jobs)}: {job.name}: finished, skipped", flush=True)
+      continue
+    pending = [j for j, s in zip(jobs[i - 1:], statuses[i - 1:]) if s != "finished"]
+    print(f"run {i}/{len(jobs)}: {job.name}{' (resuming)' if status == 'partial' else ''}"
+          f" [{_duration(time.time() - start)} so far, {eta(pending, timed)}]", flush=True)
+    t0 = time.time()
+    if subprocess.run(job.command(python), cwd=REPO, check=False).returncode:
+      print(f"run {i}/{len(jobs)}: {job.name} FAILED; its workdir: {job.workdir}", flush=True)
+      failed.append(job)
+    else:
+      timed.setdefault(job.config.get("model"), []).append(time.time() - t0)
+  print(f"sweep done in {_duration(time.time() - start)}: {len(jobs)} runs, "
+        f"{len(failed)} failed", flush=True)
+  return failed
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  jobs = expand(FLAGS.sweep, FLAGS.root, FLAGS.scale, FLAGS.seeds, FLAGS.dataset,
+                parse_sets(FLAGS.set), FLAGS.only)
+  if FLAGS.emit == "commands":
+    print("\n".join(shlex.join(job.command()) for job in jobs))
+  elif FLAGS.emit == "slurm":
+    os.makedirs(os.path.join(FLAGS.root, "slurm"), exist_ok=True)  # SLURM makes no log dirs.
+    path = os.path.join(FLAGS.root, f"{FLAGS.sweep}.sbatch")
+    with open(path, "w") as f:
+      f.write(slurm_script(jobs, FLAGS.sweep, FLAGS.root))
+    print(f"wrote {path} ({len(jobs)} array tasks); run from anywhere: sbatch {path}")
+  elif FLAGS.dry_run:
+    for i, job in enumerate(jobs, 1):
+      print(f"{i:3d} {job.status():8s} {job.name:50s} {shlex.join(job.command()[3:])}")
+  elif run_jobs(jobs):
+    sys.exit(1)
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so modules can share names)."""
+  flags.DEFINE_string("sweep", None, "A sweep of configs/sweeps.py, e.g. table1 or figure1bc.")
+  flags.DEFINE_string("root", None, "Directory under which each run gets its workdir.")
+  flags.DEFINE_enum("scale", "paper", ["paper", "runlocal"], "runlocal: shrunk for a CPU.")
+  flags.DEFINE_integer("seeds", 1, "Repeat every run with seeds 0, ..., seeds - 1.")
+  flags.DEFINE_string("dataset", None, "Overrides config.dataset (e.g. a local .npz).")
+  flags.DEFINE_list("only", None, "Keep only runs whose name matches one of these globs.")
+  flags.DEFINE_multi_string("set", [], "field=value: a config override for every run.")
+  flags.DEFINE_bool("dry_run", False, "List the runs and their status; run nothing.")
+  flags.DEFINE_enum("emit", None, ["commands", "slurm"],
+                    "Print one command per run, or write <root>/<sweep>.sbatch; run nothing.")
+  flags.mark_flags_as_required(["sweep", "root"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

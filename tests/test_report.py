@@ -1,0 +1,167 @@
+"""The paper report from metrics files written here: known values give known table cells
+and curves, missing runs read as missing, and the figures render."""
+
+import csv
+import json
+import os
+
+import matplotlib.image
+import pytest
+
+from rethinking import report
+from rethinking import sweep
+
+
+def write_run(root, name, arg, rows, seed=0, **overrides):
+  """A workdir as the trainer leaves it: config.json (the real config) and metrics.jsonl."""
+  workdir = os.path.join(root, name, f"seed{seed}")
+  os.makedirs(workdir)
+  config = sweep.resolve_config("configs/cifar10.py", arg, {"seed": seed, **overrides})
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json())
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump({"num_train": config.num_train or 50000, "steps_per_epoch": 10}, f)
+
+
+def curve(num_epochs, test=0.5, train=1.0, loss0=2.3, fit_epoch=None):
+  """Rows of a run: loss halving each epoch, test accuracy rising to `test` at the end."""
+  rows = []
+  for e in range(1, num_epochs + 1):
+    acc = test * e / num_epochs
+    rows.append({"epoch": e, "step": 10 * e, "train_loss": loss0 / 2 ** e,
+                 "train_accuracy": train, "train_eval_accuracy": train, "test_accuracy": acc,
+                 "best_test_accuracy": acc, "test_top5_accuracy": min(1.0, 2 * acc)})
+    if e == fit_epoch:
+      rows[-1]["fit_step"] = 10 * e
+      break
+  return rows
+
+
+def table_rows(path):
+  """The Markdown table at `path` as {first cells joined by '|': [cells]}."""
+  with open(path) as f:
+    lines = [l for l in f if l.startswith("| ") and "---" not in l][1:]
+  return [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines]
+
+
+def read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+  """One report, written once, of runs with known numbers."""
+  tmp_path = tmp_path_factory.mktemp("report")
+  root = tmp_path / "runs"
+  # Table 1: MLP 1x512 on true labels, two finished seeds and one still training.
+  write_run(root, "mlp", "model=mlp_1x512", curve(3, test=0.50), seed=0, num_epochs=3)
+  write_run(root, "mlp", "model=mlp_1x512", curve(3, test=0.60, train=0.98), seed=1,
+            num_epochs=3)
+  write_run(root, "mlp", "model=mlp_1x512", curve(2, test=0.99), seed=2, num_epochs=3)
+  # Table 4: AlexNet, random labels, weight decay.
+  write_run(root, "alex_wd", "model=alexnet_small,corruption=random_labels,wd",
+            curve(2, test=0.1, train=0.3), num_epochs=2)
+  # Figure 1b/1c: MLP at p = 0 (fit at steps 40 and 60), p = 0.5 (fit at 100; one seed
+  # never fits), p = 1 (fit at 150).
+  write_run(root, "p0", "model=mlp_1x512,p=0.0,fit", curve(9, 0.4, fit_epoch=4), num_epochs=9)
+  write_run(root, "p0", "model=mlp_1x512,p=0.0,fit", curve(9, 0.6, fit_epoch=6), seed=1,
+            num_epochs=9)
+  write_run(root, "p5", "model=mlp_1x512,p=0.5,fit", curve(20, 0.3, fit_epoch=10),
+            num_epochs=20)
+  write_run(root, "p5", "model=mlp_1x512,p=0.5,fit", curve(20, 0.3, train=0.9), seed=1,
+            num_epochs=20)
+  write_run(root, "p10", "model=mlp_1x512,p=1.0,fit", curve(20, 0.1, fit_epoch=15),
+            num_epochs=20)
+  # Figure 1a and Figure 2: Inception; true labels (also Table 1) and random labels.
+  write_run(root, "inc", "model=inception_small", curve(8, test=0.8), num_epochs=8)
+  write_run(root, "inc_rand", "model=inception_small,corruption=random_labels",
+            curve(4, test=0.1, loss0=0.1), num_epochs=4)
+  out = tmp_path / "report"
+  assert report.write_report(str(root), str(out)) == str(out / "index.md")
+  return out
+
+
+def test_table1_cells_average_finished_seeds_and_say_missing(out):
+  rows = {tuple(r[:4]): r[4:] for r in table_rows(out / "table1.md")}
+  assert len(rows) == 19
+  # Train 100 and 98, test 50 and 60 (the unfinished seed's 99 left out).
+  assert rows["mlp_1x512", "no", "no", "true"] == [
+      "100.00", "99.00 ± 1.41", "50.51", "55.00 ± 7.07", "2 (+1 unfinished)"]
+  assert rows["inception_small", "no", "no", "true"] == [
+      "100.00", "100.00", "85.75", "80.00", "1"]
+  assert rows["alexnet_small", "yes", "yes", "true"] == [
+      "99.90", "missing", "81.22", "missing", "0"]
+  cells = read_csv(out / "table1.csv")
+  mlp = next(c for c in cells if c["model"] == "mlp_1x512" and c["labels"] == "true"
+             and c["wd"] == "no")
+  assert float(mlp["test mean"]) == pytest.approx(0.55) and mlp["test n"] == "2"
+  missing = next(c for c in cells if c["model"] == "alexnet_small" and c["crop"] == "yes")
+  assert missing["test mean"] == "" and missing["runs"] == "0"
+
+
+def test_table4_keeps_the_papers_notes(out):
+  rows = {tuple(r[:3]): r[3:] for r in table_rows(out / "table4.md")}
+  assert rows["alexnet_small", "none", "yes"] == ["failed to converge", "30.00", "1"]
+  assert rows["mlp_1x512", "none", "yes"] == ["99.21", "missing", "0"]
+
+
+def test_table2_without_imagenet_runs_is_all_missing(out):
+  rows = table_rows(out / "table2.md")
+  assert len(rows) == 7 and all(r[-1] == "0" for r in rows)
+  assert all(c == "missing" for r in rows for c in r[5:-1:2])
+
+
+def test_figure1bc_relative_time_and_test_error(out):
+  # Time at p = 0 is the mean of 40 and 60 steps: 50.
+  times = {(r["p"], r["seed"]): r for r in read_csv(out / "figure1b.csv")}
+  assert float(times["0.0", "0"]["relative_time"]) == pytest.approx(0.8)
+  assert float(times["0.5", "0"]["relative_time"]) == pytest.approx(2.0)
+  assert times["0.5", "1"]["relative_time"] == "" and times["0.5", "1"]["fit_step"] == ""
+  assert float(times["1.0", "0"]["relative_time"]) == pytest.approx(3.0)
+  errors = {(r["p"], r["seed"]): float(r["test_error"]) for r in read_csv(out / "figure1c.csv")}
+  # Fit at epoch 4 of 9 with test accuracy 0.4 * 4 / 9.
+  assert errors["0.0", "0"] == pytest.approx(1 - 0.4 * 4 / 9)
+  assert errors["1.0", "0"] == pytest.approx(1 - 0.1 * 15 / 20)
+  rows = {(r[0], r[1]): r[2:] for r in table_rows(out / "figure1bc.md")}
+  assert rows["mlp_1x512", "1.0"][:2] == ["2.00", "3.00"]
+  assert rows["mlp_1x512", "0.5"][1] == "2.00 (1 of 2 runs); 1 not fit in 20 epochs"
+  assert rows["mlp_1x512", "0.3"] == ["—", "missing", "—", "missing", "0"]
+  assert rows["inception_small", "0.0"][1] == "missing"
+
+
+def test_figure1a_and_figure2_curves(out):
+  loss = read_csv(out / "figure1a.csv")
+  assert {r["setting"] for r in loss} == {"none", "random_labels"}
+  rand = [float(r["train_loss"]) for r in loss if r["setting"] == "random_labels"]
+  assert rand == [0.1 / 2 ** e for e in range(1, 5)]
+  steps = {r[0]: r[1:] for r in table_rows(out / "figure1a.md")}
+  assert steps["random labels"] == ["14.5", "0.04", "1"]  # 0.1 / 2**4 < 0.01 at step 40.
+  assert steps["true labels"] == ["4.7", "0.08", "1"]  # 2.3 / 2**8 < 0.01 at step 80.
+  assert steps["gaussian"] == ["8.6", "missing", "0"]
+  acc = [r for r in read_csv(out / "figure2.csv") if r["model"] == "inception_small"]
+  assert [r["best"] for r in acc] == ["False"] * 7 + ["True"]
+  assert not any(r["model"] == "inception_small_nobn" for r in read_csv(out / "figure2.csv"))
+
+
+def test_figures_render_and_index_shows_everything(out):
+  for name in ("figure1a", "figure1b", "figure1c", "figure2"):
+    path = out / f"{name}.png"
+    assert path.stat().st_size > 10_000
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (400, 600) and image[..., :3].std() > 0.05  # Not blank.
+  index = (out / "index.md").read_text()
+  for name in ("figure1a.png", "figure1b.png", "figure1c.png", "figure2.png", "table1.md",
+               "Table 2", "Table 4", "figure1b.csv"):
+    assert name in index
+  assert "11 runs under" in index and "(10 finished)" in index
+
+
+def test_empty_root_gives_missing_tables_and_no_figures(tmp_path):
+  index = report.write_report(str(tmp_path / "none"), str(tmp_path / "out"))
+  text = open(index).read()
+  assert text.count("No runs yet: `python -m rethinking.sweep --sweep=") == 4
+  assert not list((tmp_path / "out").glob("*.png"))
+  assert all(r[5] == "missing" for r in table_rows(tmp_path / "out" / "table1.md"))
