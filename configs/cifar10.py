@@ -94,6 +94,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.model = arg.model
   config.weight_decay = WEIGHT_DECAY if arg.wd else 0.0
   config.dropout_rate = 0.0
+  config.bn_momentum = 0.99  # Running-average decay of BatchNorm statistics (TF's default).
   config.half_precision = False  # bfloat16 compute, float32 parameters.
 
   # Optimization (Appendix A).

@@ -48,7 +48,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.image_size = 299
 
   config.model = "inception_v3"
-  config.model_kwargs = ml_collections.ConfigDict({"aux_logits": False})
+  # Inception V3's auxiliary classifier: 0 = no aux head; > 0 adds it with this loss weight.
+  config.aux_loss_weight = 0.0
   config.weight_decay = 4e-5 if arg.wd else 0.0
   config.dropout_rate = 0.2 if arg.dropout else 0.0
   config.half_precision = False  # bfloat16 compute on accelerators, float32 parameters.

@@ -38,9 +38,10 @@ def to_inputs(images: jax.Array, dtype=jnp.float32) -> jax.Array:
   return (images.astype(jnp.float32) * (2.0 / 255.0) - 1.0).astype(dtype)
 
 
-def _train_step(state, batch, dropout_rng, dtype):
+def _train_step(state, batch, dropout_rng, dtype, aux_loss_weight):
   batch = dict(batch, image=to_inputs(batch["image"], dtype))
-  state, sums = step_lib.train_step(state, batch, dropout_rng, axis_name=AXIS)
+  state, sums = step_lib.train_step(state, batch, dropout_rng, axis_name=AXIS,
+                                    aux_loss_weight=aux_loss_weight)
   bad = jnp.where(jnp.isfinite(sums["loss"]), -1, state.step - 1).astype(jnp.int32)
   return state, dict(sums, first_nonfinite_step=bad)
 
@@ -50,10 +51,15 @@ def _eval_step(state, batch, dtype):
                             axis_name=AXIS)
 
 
-def pmapped_steps(dtype=jnp.float32):
+def pmapped_steps(dtype=jnp.float32, aux_loss_weight: float = 0.0):
   """(train_step, eval_step) pmapped over local devices, state unreplicated and donated."""
-  train = jax.pmap(functools.partial(_train_step, dtype=dtype), axis_name=AXIS,
-                   in_axes=(None, 0, None), out_axes=(None, None), donate_argnums=(0,))
+  # Donating the unreplicated state fails across processes in jax 0.10 (pmap reshards
+  # it to the local devices, then finds a donated buffer deleted), so only a
+  # single-process run donates it.
+  donate = (0,) if jax.process_count() == 1 else ()
+  train = jax.pmap(functools.partial(_train_step, dtype=dtype, aux_loss_weight=aux_loss_weight),
+                   axis_name=AXIS,
+                   in_axes=(None, 0, None), out_axes=(None, None), donate_argnums=donate)
   evaluate = jax.pmap(functools.partial(_eval_step, dtype=dtype), axis_name=AXIS,
                       in_axes=(None, 0), out_axes=None)
   return train, evaluate
@@ -76,15 +82,16 @@ class DataParallelTask:
     self.config, self.pipeline = config, pipeline
     self.steps_per_epoch = pipeline.steps_per_epoch
     self.dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    aux = config.get("aux_loss_weight", 0.0)
     self.model = get_model(config.model, num_classes=pipeline.num_classes,
                            dropout_rate=config.dropout_rate, dtype=self.dtype, axis_name=AXIS,
-                           **dict(config.get("model_kwargs", {})))
+                           **({"aux_logits": True} if aux > 0 else {}))
     lr = config.learning_rate * config.batch_size / config.base_batch_size
     self.learning_rate_fn = optim.learning_rate_schedule(lr, config.lr_decay, self.steps_per_epoch)
     self.tx = optim.make_optimizer(self.learning_rate_fn, config.momentum, config.weight_decay)
     self.root = jax.random.PRNGKey(config.seed)
     self.dropout_key = jax.random.fold_in(self.root, _DROPOUT)
-    self._train, self._eval = pmapped_steps(self.dtype)
+    self._train, self._eval = pmapped_steps(self.dtype, aux)
     self._iterator: Iterator | None = None
     self._next_step: int | None = None
     self.run_info = {"num_train": pipeline.num_train, "num_test": pipeline.num_eval,

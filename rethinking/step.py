@@ -59,7 +59,8 @@ def _reduce(tree, op, axis_name: str | None):
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array, *,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               axis_name: str | None = None,
+               aux_loss_weight: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch of preprocessed images.
 
   Args:
@@ -67,6 +68,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.
     batch: 'image' float [B, H, W, C] and 'label' int32 [B].
     dropout_rng: folded with the step, so a resumed run draws the same masks.
     axis_name: the pmap axis to average gradients and BN statistics over.
+    aux_loss_weight: weight of an auxiliary head's loss (models returning
+      (logits, aux_logits) in train mode, e.g. Inception V3 with aux_logits).
 
   Returns:
     The new state and metric sums over the (global) batch.
@@ -80,8 +83,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.
     out = state.apply_fn(_variables(state, params), batch["image"], train=True,
                          rngs={"dropout": rng}, mutable=["batch_stats"] if has_bn else False)
     logits, updates = out if has_bn else (out, {})
-    logits = logits[0] if isinstance(logits, tuple) else logits  # (logits, aux) heads.
-    return jnp.mean(cross_entropy(logits, batch["label"])), (logits, updates)
+    loss = 0.0
+    if isinstance(logits, tuple):  # (logits, aux_logits)
+      logits, aux_logits = logits
+      loss = aux_loss_weight * jnp.mean(cross_entropy(aux_logits, batch["label"]))
+    return loss + jnp.mean(cross_entropy(logits, batch["label"])), (logits, updates)
 
   grads, (logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = _reduce(grads, jax.lax.pmean, axis_name)

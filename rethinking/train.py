@@ -107,7 +107,8 @@ class InMemoryTask:
     self.steps_per_epoch = in_memory.steps_per_epoch(num_train, config.batch_size)
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     self.model = get_model(config.model, num_classes=num_classes,
-                           dropout_rate=config.dropout_rate, dtype=dtype)
+                           dropout_rate=config.dropout_rate, dtype=dtype,
+                           bn_momentum=config.get("bn_momentum", 0.99))
     self.learning_rate_fn = optim.learning_rate_schedule(
         config.learning_rate, config.lr_decay, self.steps_per_epoch)
     self.tx = optim.make_optimizer(self.learning_rate_fn, config.momentum, config.weight_decay)
@@ -204,5 +205,6 @@ def _data_parallel_task(config: ml_collections.ConfigDict):
       config.dataset, data_dir=config.data_dir or None, image_size=config.image_size,
       per_device_batch=per_device, eval_per_device_batch=eval_per_device,
       augment=config.augment != "none", corruption=config.corruption,
-      corrupt_prob=config.corrupt_prob, seed=config.seed, num_train=config.num_train)
+      corrupt_prob=config.corrupt_prob, seed=config.seed, num_train=config.num_train,
+      min_image_size=1)  # validation.check_config owns the per-model minimum.
   return lambda: parallel.DataParallelTask(config, pipeline)

@@ -247,18 +247,27 @@ class _FolderSource:
   def train_ids_and_labels(self):
     return self.files["train"]
 
-  def slice(self, split: str, index: int, count: int) -> _Slice:
+  def slice(self, split: str, index: int, count: int, local_batch: int = 1) -> _Slice:
+    """A process's part of a split.
+
+    Shuffled (training): one global permutation per epoch, cut into global
+    batches of count * local_batch, and this process takes its `local_batch`
+    columns of each. The global batch at every step is therefore the same set of
+    images whatever the process layout (1 process x 8 devices = 2 x 4), and each
+    process still reads only its own files. Unshuffled (evaluation): strided.
+    """
     paths, labels = self.files[split]
-    mine = np.arange(index, len(paths), count)  # Strided: every slice has every class.
-    ids = np.asarray([paths[i] for i in mine])
-    files = np.asarray([os.path.join(self.root, paths[i]) for i in mine])
-    labels = labels[mine]
+    paths, files = np.asarray(paths), np.asarray([os.path.join(self.root, p) for p in paths])
 
     def records(order_seed):
-      order = (np.arange(len(ids)) if order_seed is None
-               else np.random.default_rng(order_seed).permutation(len(ids)))
+      if order_seed is None:
+        mine = np.arange(index, len(paths), count)  # Strided: every slice has every class.
+      else:
+        perm = np.random.default_rng(order_seed).permutation(len(paths))
+        usable = len(perm) // (count * local_batch) * count * local_batch
+        mine = perm[:usable].reshape(-1, count, local_batch)[:, index].ravel()
       return tf.data.Dataset.from_tensor_slices(
-          {"path": files[order], "id": ids[order], "label": labels[order]})
+          {"path": files[mine], "id": paths[mine], "label": labels[mine]})
 
     return _Slice(records, len(paths))
 
@@ -314,7 +323,10 @@ class _TfdsSource:
   def train_ids_and_labels(self):
     return None  # Reading 1.28M records to hash ids is too slow; see fingerprint.
 
-  def slice(self, split: str, index: int, count: int) -> _Slice:
+  def slice(self, split: str, index: int, count: int, local_batch: int = 1) -> _Slice:
+    """A contiguous range per process (TFDS reads whole shards fast; the order then
+    depends on the process layout, unlike image folders)."""
+    del local_batch
     total = self.sizes[split]
     start, end = _even_range(total, index, count)
     name = self.eval_split if split == "validation" else split
@@ -456,7 +468,8 @@ class ImageNetInput:
       raise ValueError(f"num_classes={num_classes}, but {dataset!r} has "
                        f"{self._source.num_classes} classes")
     self.num_classes = self._source.num_classes
-    self._train = self._source.slice("train", self.process_index, self.process_count)
+    self._train = self._source.slice("train", self.process_index, self.process_count,
+                                     local_batch)
     self._eval = self._source.slice("validation", self.process_index, self.process_count)
     self.num_train, self.num_eval = self._train.total, self._eval.total
     global_batch = local_batch * self.process_count
@@ -503,9 +516,14 @@ class ImageNetInput:
     # flips every image as the uninterrupted epoch did.
     ds = ds.take(self.steps_per_epoch * local_batch).enumerate().skip(start_step * local_batch)
     key = _derived_seed(self.seed, "augment", epoch)
+    global_batch = local_batch * self.process_count
 
     @_no_autograph
     def example(position, record):
+      # The position in the *global* batch order keys the augmentation, so an image
+      # is cropped the same way whatever the process layout.
+      step, column = position // local_batch, position % local_batch
+      position = step * global_batch + self.process_index * local_batch + column
       data = _read(record)
       if self.augment:
         image = train_image(data, self.image_size, tf.stack([tf.constant(key, tf.int64),
