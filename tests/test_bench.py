@@ -1,0 +1,157 @@
+"""The benchmark command, and the hot path it measures: fused steps and on-device metric sums."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO
+from rethinking import train
+from rethinking.data import in_memory
+
+BATCH, NUM_TRAIN, FUSED = 8, 64, 5
+
+
+def test_quick_benchmark_writes_every_field(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = subprocess.run([sys.executable, "-m", "rethinking.bench", "--quick", f"--json={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "train img/s" in proc.stdout and "x torch" in proc.stdout
+  r = json.loads(out.read_text())
+
+  env = r["environment"]
+  assert {"xla_flags", "load_average_start", "load_average_end", "jax", "cpu"} <= set(env)
+  assert r["matmul_peak"]["gflops"] > 0
+
+  (m,) = r["models"]
+  assert (m["model"], m["image_size"], m["batch_size"]) == ("mlp_1x512", 28, 16)
+  assert m["compile_s"] > 0 and m["step_compile_s"] > 0
+  for section in ("train", "train_fused", "step", "eval"):
+    assert m[section]["images_per_s"] > 0 and m[section]["step_ms"] > 0, section
+  assert m["train_fused"]["steps_per_call"] == 2
+  # XLA's count for one step: forward + weight gradients of both layers (no input
+  # gradient), ~2 * B * 2 * 2352 * 512, plus small elementwise terms. Forward-only,
+  # per-example or per-scan-iteration counts would fall outside.
+  analytic = 2 * 16 * 2 * (2352 * 512 + 512 * 10)
+  assert 0.95 * analytic < m["flops_per_step"] < 1.5 * analytic
+  assert m["achieved_gflops"] == pytest.approx(
+      m["flops_per_step"] / (m["train"]["step_ms"] / 1e3) / 1e9)
+  assert m["peak_fraction"] == pytest.approx(m["achieved_gflops"] / r["matmul_peak"]["gflops"])
+
+  cifar = r["input_pipeline"]["cifar"]
+  for augment in ("none", "crop_flip", "full"):
+    assert cifar[augment]["images_per_s"] > 0
+  assert 0 < cifar["share_of_step"]["mlp_1x512"]
+  imagenet = r["input_pipeline"]["imagenet"]
+  assert imagenet.get("images_per_s", 0) > 0 or "skipped" in imagenet, imagenet
+
+  (e2e,) = r["end_to_end"]
+  assert "error" not in e2e, e2e
+  assert e2e["steps_per_epoch"] == 64 // 16 and e2e["epochs_timed"] == 2
+  assert e2e["steps_x_step_s"] == pytest.approx(e2e["steps_per_epoch"] * e2e["step_ms"] / 1e3)
+  assert e2e["overhead_fraction"] == pytest.approx(e2e["epoch_s"] / e2e["steps_x_step_s"] - 1)
+
+  rows = r["scaling"]["rows"]
+  assert [row["devices"] for row in rows] == [1, 2], rows
+  assert all(row["images_per_s"] > 0 for row in rows), rows
+  assert rows[0]["efficiency"] == pytest.approx(1.0)
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  """configs/cifar10.py's mlp_1x512 config: crop + flip, weight decay, tiny batches."""
+  spec = importlib.util.spec_from_file_location("cifar10_config", REPO / "configs" / "cifar10.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("model=mlp_1x512,augment=crop_flip,wd")
+  config.update(dict(batch_size=BATCH, eval_batch_size=32, eval_train=False, **overrides))
+  return config
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+  """An InMemoryTask on 64 random 32x32 images: 8 steps per epoch of 8 examples."""
+  path = tmp_path_factory.mktemp("data") / "tiny.npz"
+  rng = np.random.default_rng(0)
+  np.savez(path, x_train=rng.integers(0, 256, (NUM_TRAIN, 32, 32, 3), dtype=np.uint8),
+           y_train=np.arange(NUM_TRAIN) % 10,
+           x_test=rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
+           y_test=np.arange(32) % 10)
+  config = _config(dataset=str(path))
+  return train.InMemoryTask(config, train.load_data(config))
+
+
+def _host(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def test_fused_steps_equal_single_steps(task):
+  """steps_per_dispatch=k (one call of k steps) gives the state and sums of k calls of 1."""
+  single, fused = task.init_state(), task.init_state()  # Each is donated below.
+  per_step = []
+  for _ in range(FUSED):
+    single, sums = task.train(single, 0, 1)
+    per_step.append(_host(sums))
+  fused, fused_sums = task.train(fused, 0, FUSED)
+  assert int(single.step) == int(fused.step) == FUSED
+  for a, b in zip(jax.tree_util.tree_leaves(_host(single.params)),
+                  jax.tree_util.tree_leaves(_host(fused.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for a, b in zip(jax.tree_util.tree_leaves(_host(single.opt_state)),
+                  jax.tree_util.tree_leaves(_host(fused.opt_state))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  fused_sums = _host(fused_sums)
+  for key in ("loss", "correct", "correct_top5", "count"):
+    np.testing.assert_allclose(fused_sums[key], sum(m[key] for m in per_step), rtol=1e-6)
+  assert fused_sums["count"] == FUSED * BATCH
+  assert fused_sums["first_nonfinite_step"] == -1
+
+
+def _center_standardized(images: np.ndarray) -> np.ndarray:
+  """The evaluation preprocessing in numpy: 28x28 center crop, per-image standardization."""
+  x = images[:, 2:30, 2:30].astype(np.float64) / 255
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  std = np.maximum(x.std(axis=(1, 2, 3), keepdims=True), 1 / np.sqrt(x[0].size))
+  return ((x - mean) / std).astype(np.float32)
+
+
+def test_device_metric_sums_equal_per_step_losses(tmp_path):
+  """Sums accumulated in the fused loop equal losses recomputed outside it, step by step.
+
+  Each step's loss is the mean cross-entropy of the parameters *before* the step on
+  that step's batch; here it is recomputed in numpy from the model's logits on the
+  batch (epoch order from in_memory, preprocessing in numpy, no augmentation).
+  """
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 256, (NUM_TRAIN, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, 10, NUM_TRAIN)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
+  config = _config(dataset=str(tmp_path / "d.npz"), augment="none")
+  task = train.InMemoryTask(config, train.load_data(config))
+  state = task.init_state()
+  perm = np.asarray(in_memory.epoch_permutation(task.keys["data"], 0, NUM_TRAIN))
+  want = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  params = _host(state.params)
+  for step in range(FUSED):
+    idx = perm[step * BATCH:(step + 1) * BATCH]
+    logits = np.asarray(task.model.apply({"params": params}, _center_standardized(x[idx]),
+                                         train=False), np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    want["loss"] += -logp[np.arange(BATCH), y[idx]].sum()
+    want["correct"] += (logits.argmax(1) == y[idx]).sum()
+    want["count"] += BATCH
+    state, _ = task.train(state, 0, 1)  # Advances the parameters to the next step's.
+    params = _host(state.params)
+  _, sums = task.train(task.init_state(), 0, FUSED)
+  sums = _host(sums)
+  np.testing.assert_allclose(sums["loss"], want["loss"], rtol=1e-4)
+  assert sums["correct"] == want["correct"] and sums["count"] == want["count"]
