@@ -1,11 +1,12 @@
 r"""Speed, measured: train and eval steps, input pipelines, a real epoch, several devices.
 
-  python -m rethinking.bench --json=/tmp/bench.json          # everything: ~8 min on 2 CPU cores
+  python -m rethinking.bench --json=/tmp/bench.json          # everything: ~7 min on 2 CPU cores
   python -m rethinking.bench --models=mlp_1x512,alexnet_small --steps=20
   python -m rethinking.bench --quick --json=/tmp/quick.json  # seconds: a tiny model, every section
 
-Models are `name` or `name@size`: the CIFAR models at 28x28 (the paper's crop) and
-Inception V3 at 299x299 and at 75x75 (its smallest input; a CPU-sized step). Per model:
+Models are `name[@size][/batch]`: the CIFAR models at 28x28 (the paper's crop), batch
+128, and Inception V3 at 299x299 (batch 8) and at 75x75 (its smallest input, batch 32:
+CPU-sized steps). Per model:
 
   compile s    time to the first train step: trace, XLA compile and one step (the
                persistent compilation cache is off here, so this is a cold compile)
@@ -16,13 +17,14 @@ Inception V3 at 299x299 and at 75x75 (its smallest input; a CPU-sized step). Per
                ImageNet path, `parallel.pmapped_steps` on uint8 batches already on
                the device. Median over timed calls after warm-up, each synchronized
                with `block_until_ready`
-  fused img/s  the same with `--fused_steps` steps in one call (`steps_per_dispatch`)
+  fused img/s  the same with `--fused_steps` steps in one call (`steps_per_dispatch`);
+               MLPs only on a CPU (see --fused_models)
   step img/s   `step.train_step` alone, jitted with the state donated, on one fixed
-               preprocessed batch: the model's cost without the input
+               preprocessed batch: the model's cost without the input (--step_models)
   eval img/s   `task.evaluate` (CIFAR; the test set) or the pmapped eval step
-  GFLOP/step   XLA's cost analysis of the compiled train step; GFLOP/s is that over
-               the train step time, %peak against a 2048^3 float32 matmul timed in the
-               same run
+  GFLOP/step   XLA's cost analysis of the train step (compiled, or lowered where it
+               is not compiled separately); GFLOP/s is that over the train step time,
+               %peak against a 2048^3 float32 matmul timed in the same run
   torch        eager PyTorch 2.13 on the 2-core CPU this was written on, batch 128,
                SGD with momentum (issue 7's reference figures; other machines differ)
 
@@ -33,8 +35,8 @@ file, evaluation excluded) against steps x step time, and the pmapped step on 1.
 fake CPU devices (`--xla_force_host_platform_device_count`, one subprocess each; on a
 CPU this checks the code path, not speed: the devices share the same cores).
 
-The XLA flags in effect (including `rethinking`'s CPU defaults) and the load average
-before and after are recorded: on a shared machine, rerun when it is idle.
+The XLA flags in effect, the load average before and after and the share of CPU time
+the hypervisor stole are recorded: on a shared machine, rerun when it is idle.
 """
 
 from __future__ import annotations
@@ -64,16 +66,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10_10k.npz"
 CIFAR_MODELS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small",
                 "inception_small_nobn")
-DEFAULT_MODELS = CIFAR_MODELS + ("inception_v3@299", "inception_v3@75")
+DEFAULT_MODELS = CIFAR_MODELS + ("inception_v3@299/8", "inception_v3@75/32")
 # Issue 7: eager PyTorch 2.13 on this 2-core CPU, batch 128, SGD with momentum.
 TORCH_IMAGES_PER_S = {"mlp_1x512": 21_400, "mlp_3x512": 12_300, "alexnet_small": 415,
                       "inception_small": 66}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(DEFAULT_MODELS), "Models: name or name@image_size.")
-flags.DEFINE_integer("batch_size", 128, "Global train batch (CIFAR models).")
-flags.DEFINE_integer("v3_batch_size", 16,
-                     "Train batch of inception_v3 at 299x299 (at smaller sizes: --batch_size).")
+flags.DEFINE_list("models", list(DEFAULT_MODELS),
+                  "Models: name[@image_size][/batch] (default size 28, or 299 for "
+                  "inception_v3; default batch --batch_size).")
+flags.DEFINE_integer("batch_size", 128, "Train batch where a model spec gives none.")
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (at most; see --max_seconds).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
 flags.DEFINE_float("max_seconds", 15.0,
@@ -84,6 +86,9 @@ flags.DEFINE_list("fused_models", ["mlp_1x512", "mlp_3x512"],
                   "backend leaves the gradient convolutions inside a loop in their "
                   "non-canonical form, run by a naive loop ~20-60x slower (see "
                   "train.train_steps); on accelerators list them all.")
+flags.DEFINE_list("step_models", ["mlp_1x512", "mlp_3x512", "alexnet_small"],
+                  "Models whose bare train step is timed too (a second compile; for the "
+                  "conv nets the input is <1% of the step, so it adds little).")
 flags.DEFINE_list("epoch_models", ["mlp_1x512", "alexnet_small"],
                     "Models for the real-epoch overhead check ('' to skip).")
 flags.DEFINE_integer("epoch_images", 0,
@@ -163,13 +168,21 @@ def matmul_peak(n: int = 2048, steps: int = 10) -> dict[str, float]:
 # Models.
 
 
-def parse_model(spec: str) -> tuple[str, int]:
-  """'alexnet_small' -> (alexnet_small, 28); 'inception_v3@75' -> (inception_v3, 75)."""
+def parse_model(spec: str, batch_size: int = 128) -> tuple[str, int, int]:
+  """'alexnet_small' -> (alexnet_small, 28, batch_size); 'inception_v3@75/32' -> (.., 75, 32)."""
+  spec, _, batch = spec.partition("/")
   name, _, size = spec.partition("@")
   from rethinking.models import MODELS  # pylint: disable=g-import-not-at-top
   if name not in MODELS:
     raise app.UsageError(f"--models: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-  return name, int(size) if size else (299 if name == "inception_v3" else 28)
+  try:
+    size = int(size) if size else (299 if name == "inception_v3" else 28)
+    batch = int(batch) if batch else batch_size
+  except ValueError:
+    raise app.UsageError(f"--models={spec}: expected name[@size][/batch]") from None
+  if name != "inception_v3" and size != 28:
+    raise app.UsageError(f"--models={spec}: the CIFAR models run at 28x28")
+  return name, size, batch
 
 
 def _cifar_config(name: str, **overrides):
@@ -239,18 +252,21 @@ def bench_cifar_model(name: str, batch_size: int, tmp: pathlib.Path) -> dict[str
       0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)), image_size=config.image_size)
   batch = {"image": images, "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
   key = jax.random.PRNGKey(0)
-  t = time.perf_counter()
-  step = jax.jit(step_lib.train_step, donate_argnums=0).lower(
-      holder["state"], batch, key).compile()
-  out["step_compile_s"] = time.perf_counter() - t
-  out["flops_per_step"] = _flops(step)
-  out["flops_source"] = "compiled step.train_step"
+  lowered = jax.jit(step_lib.train_step, donate_argnums=0).lower(holder["state"], batch, key)
+  if name not in FLAGS.step_models:  # XLA's count before optimization: no second compile.
+    out["flops_per_step"], out["flops_source"] = _flops(lowered), "lowered step.train_step"
+  else:
+    t = time.perf_counter()
+    step = lowered.compile()
+    out["step_compile_s"] = time.perf_counter() - t
+    out["flops_per_step"], out["flops_source"] = _flops(step), "compiled step.train_step"
 
-  def bare():
-    holder["state"], sums = step(holder["state"], batch, key)
-    return sums
+    def bare():
+      holder["state"], sums = step(holder["state"], batch, key)
+      return sums
 
-  out["step"] = time_calls(bare, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds).row(batch_size)
+    out["step"] = time_calls(bare, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds).row(
+        batch_size)
 
   task.evaluate(holder["state"])  # Compiles.
   ev = time_calls(lambda: task.evaluate(holder["state"]), max(2, FLAGS.steps // 3), 0,
@@ -309,13 +325,13 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   t = time.perf_counter()
   _block(call())
   first = time.perf_counter() - t
-  timing = time_calls(call, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds)
+  timing = time_calls(call, FLAGS.steps, min(FLAGS.warmup, 1), FLAGS.max_seconds)
   out["compile_s"] = max(first - timing.median, 0.0)
   out["train"] = timing.row(batch_size)
   eval_batch = dict(batch, mask=shard(np.ones((devices, per_device), np.float32)))
   _block(evaluate(holder["state"], eval_batch))
-  ev = time_calls(lambda: evaluate(holder["state"], eval_batch), FLAGS.steps, 1,
-                  FLAGS.max_seconds)
+  ev = time_calls(lambda: evaluate(holder["state"], eval_batch), FLAGS.steps, 0,
+                  FLAGS.max_seconds / 2)
   out["eval"] = dict(ev.row(batch_size), batch_size=batch_size)
   return out
 
@@ -455,7 +471,9 @@ def bench_epoch(name: str, batch_size: int, num_images: int, data: str,
   """Epoch wall time of `loop.run` (logging, host syncs, checkpoints) vs steps x step time.
 
   Epoch e's time is the wall time between the metric rows of epochs e-1 and e minus
-  epoch e's evaluation; the first epoch (compilation) is left out.
+  epoch e's evaluation; the first epoch (compilation) is left out. The reference is
+  steps x the step time of back-to-back dispatches of the same task (the blocked
+  per-step median of the table is also given: it includes each call's dispatch).
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
   from rethinking import loop  # pylint: disable=g-import-not-at-top
@@ -492,15 +510,24 @@ def bench_epoch(name: str, batch_size: int, num_images: int, data: str,
 
   _block(call())
   step = time_calls(call, max(FLAGS.steps, 10), 2, FLAGS.max_seconds)
-  expected = task.steps_per_epoch * step.median
+  # Steps dispatched back to back, synchronized once: the loop's best case, since it
+  # also dispatches asynchronously (a blocked step adds the dispatch latency).
+  n = task.steps_per_epoch
+  t = time.perf_counter()
+  for _ in range(n):
+    sums = call()
+  _block(sums)
+  pipelined = (time.perf_counter() - t) / n
+  expected = n * pipelined
   epoch = float(np.median(epoch_s))
   return {"model": name, "data": "synthetic" if synthetic else data, "num_train": num_images,
-          "batch_size": batch_size, "steps_per_epoch": task.steps_per_epoch,
+          "batch_size": batch_size, "steps_per_epoch": n,
           "steps_per_dispatch": config.steps_per_dispatch,
           "log_every_steps": config.log_every_steps, "epochs_timed": len(epoch_s),
           "epoch_s": epoch, "epoch_s_all": epoch_s, "eval_s": timed.eval_seconds[1:],
-          "step_ms": 1e3 * step.median, "steps_x_step_s": expected,
-          "overhead_fraction": epoch / expected - 1}
+          "step_ms": 1e3 * step.median, "pipelined_step_ms": 1e3 * pipelined,
+          "steps_x_step_s": expected, "overhead_fraction": epoch / expected - 1,
+          "overhead_vs_blocked_step": epoch / (n * step.median) - 1}
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,7 +543,7 @@ def scaling_worker(num_devices: int, name: str, per_device: int) -> dict[str, An
   from rethinking.models import get_model  # pylint: disable=g-import-not-at-top
 
   assert jax.local_device_count() == num_devices, jax.devices()
-  name, size = parse_model(name)
+  name, size, _ = parse_model(name)
   model = get_model(name, num_classes=10, axis_name=parallel.AXIS)
   tx = optim.make_optimizer(optim.learning_rate_schedule(0.01, 0.95, 100), 0.9, 0.0)
   init_model = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
@@ -581,6 +608,9 @@ def table(results: dict[str, Any]) -> str:
   lines.append(f"{env['cpu']} ({env['cpu_count']} CPUs), jax {env['jax']}, "
                f"{env['backend']} x{env['device_count']}; load average "
                f"{env['load_average_start'][0]:.2f} -> {env['load_average_end'][0]:.2f}")
+  if "cpu_steal_fraction" in env:
+    lines.append(f"CPU over the run: {100 * env['cpu_busy_fraction']:.0f}% busy (2 cores = "
+                 f"100%), {100 * env['cpu_steal_fraction']:.1f}% stolen by the hypervisor")
   lines.append(f"XLA_FLAGS={env['xla_flags']!r}")
   lines.append(f"matmul peak (float32 {peak['n']}^3): {peak['gflops']:.1f} GFLOP/s")
   head = (f"{'model':<22}{'batch':>6}{'compile s':>10}{'train img/s':>12}{'fused':>9}"
@@ -623,14 +653,15 @@ def table(results: dict[str, Any]) -> str:
   if results.get("end_to_end"):
     lines.append("")
     lines.append("Real epoch (loop.run: host syncs per log interval, checkpoint per epoch; "
-                 "eval excluded) vs steps x step time:")
+                 "eval excluded) vs steps x step time (steps dispatched back to back):")
     for r in results["end_to_end"]:
       if "error" in r:
         lines.append(f"  {r['model']}: error: {r['error'][:100]}")
         continue
       lines.append(f"  {r['model']:<16} {r['steps_per_epoch']:>4} steps: epoch "
                    f"{r['epoch_s']:.3f} s vs {r['steps_x_step_s']:.3f} s "
-                   f"({100 * r['overhead_fraction']:+.1f}%)")
+                   f"({100 * r['overhead_fraction']:+.1f}%; vs blocked steps "
+                   f"{100 * r['overhead_vs_blocked_step']:+.1f}%)")
   scaling = results.get("scaling")
   if scaling:
     lines.append("")
@@ -646,6 +677,25 @@ def table(results: dict[str, Any]) -> str:
   lines.append(f"total {results['total_s']:.0f} s (" + ", ".join(
       f"{k} {v:.0f}" for k, v in results["section_s"].items()) + ")")
   return "\n".join(lines)
+
+
+def _cpu_jiffies() -> list[int]:
+  """/proc/stat's aggregate CPU counters (user nice system idle iowait irq softirq steal)."""
+  try:
+    with open("/proc/stat") as f:
+      return [int(v) for v in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return []
+
+
+def _busy_and_steal(start: list[int], end: list[int]) -> dict[str, float]:
+  """Shares of CPU time over the run: busy (all but idle) and stolen by the hypervisor."""
+  if not start or not end:
+    return {}
+  delta = [b - a for a, b in zip(start, end)]
+  total = max(sum(delta), 1)
+  return {"cpu_busy_fraction": 1 - (delta[3] + delta[4]) / total,
+          "cpu_steal_fraction": delta[7] / total}
 
 
 def _environment() -> dict[str, Any]:
@@ -695,11 +745,12 @@ def run_all() -> dict[str, Any]:
     jax.config.update("jax_enable_compilation_cache", False)
   start = time.perf_counter()
   results: dict[str, Any] = {"schema": 1, "environment": _environment()}
+  jiffies = _cpu_jiffies()
   results["environment"]["compilation_cache"] = bool(
       FLAGS.compilation_cache and jax.config.jax_compilation_cache_dir)
   results["settings"] = {k: FLAGS[k].value for k in (
-      "models", "batch_size", "v3_batch_size", "steps", "warmup", "max_seconds",
-      "fused_steps", "fused_models", "epoch_models", "epoch_images", "devices", "scaling_model", "quick")}
+      "models", "batch_size", "steps", "warmup", "max_seconds",
+      "fused_steps", "fused_models", "step_models", "epoch_models", "epoch_images", "devices", "scaling_model", "quick")}
   sections = results["section_s"] = {}
   with _timed(sections, "matmul peak"):
     results["matmul_peak"] = matmul_peak(1024 if FLAGS.quick else 2048)
@@ -708,16 +759,13 @@ def run_all() -> dict[str, Any]:
     tmp = pathlib.Path(tmp_dir)
     results["models"] = []
     for spec in FLAGS.models:
-      name, size = parse_model(spec)
-      if name != "inception_v3" and size != 28:
-        raise app.UsageError(f"--models={spec}: the CIFAR models run at 28x28")
-      with _timed(sections, f"{name}@{size}"):
+      name, size, batch = parse_model(spec, FLAGS.batch_size)
+      with _timed(sections, f"{name}@{size}/{batch}"):
         if name == "inception_v3":
-          batch = FLAGS.v3_batch_size if size >= 299 else FLAGS.batch_size
           row = _guarded(lambda: bench_imagenet_model(name, size, batch),
                          model=name, image_size=size)
         else:
-          row = _guarded(lambda: bench_cifar_model(name, FLAGS.batch_size, tmp),
+          row = _guarded(lambda: bench_cifar_model(name, batch, tmp),
                          model=name, image_size=size)
         if "error" not in row:
           _derived(row, peak)
@@ -748,6 +796,7 @@ def run_all() -> dict[str, Any]:
         results["scaling"] = bench_scaling(FLAGS.devices, FLAGS.scaling_model,
                                            FLAGS.batch_size)
   results["environment"]["load_average_end"] = list(os.getloadavg())
+  results["environment"].update(_busy_and_steal(jiffies, _cpu_jiffies()))
   results["total_s"] = time.perf_counter() - start
   return results
 
@@ -770,7 +819,7 @@ def _num_train_images(path: str) -> int:
 def _apply_quick() -> None:
   """--quick: one tiny model and every section at its smallest (the test's run)."""
   for name, value in {"models": ["mlp_1x512"], "batch_size": 16, "steps": 3, "warmup": 1,
-                      "fused_models": ["mlp_1x512"],
+                      "fused_models": ["mlp_1x512"], "step_models": ["mlp_1x512"],
                       "max_seconds": 2.0, "fused_steps": 2, "epoch_models": ["mlp_1x512"],
                       "epoch_images": 64, "devices": 2}.items():
     if not FLAGS[name].present:

@@ -21,7 +21,8 @@ BATCH, NUM_TRAIN, FUSED = 8, 64, 5
 
 def test_quick_benchmark_writes_every_field(tmp_path):
   out = tmp_path / "bench.json"
-  proc = subprocess.run([sys.executable, "-m", "rethinking.bench", "--quick", f"--json={out}"],
+  proc = subprocess.run([sys.executable, "-m", "rethinking.bench", "--quick", "--compilation_cache",
+                         f"--json={out}"],
                         cwd=REPO, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -29,12 +30,14 @@ def test_quick_benchmark_writes_every_field(tmp_path):
   r = json.loads(out.read_text())
 
   env = r["environment"]
-  assert {"xla_flags", "load_average_start", "load_average_end", "jax", "cpu"} <= set(env)
+  assert {"xla_flags", "load_average_start", "load_average_end", "jax", "cpu",
+          "cpu_steal_fraction"} <= set(env)
   assert r["matmul_peak"]["gflops"] > 0
 
   (m,) = r["models"]
   assert (m["model"], m["image_size"], m["batch_size"]) == ("mlp_1x512", 28, 16)
   assert m["compile_s"] > 0 and m["step_compile_s"] > 0
+  assert m["flops_source"] == "compiled step.train_step"
   for section in ("train", "train_fused", "step", "eval"):
     assert m[section]["images_per_s"] > 0 and m[section]["step_ms"] > 0, section
   assert m["train_fused"]["steps_per_call"] == 2
@@ -57,7 +60,8 @@ def test_quick_benchmark_writes_every_field(tmp_path):
   (e2e,) = r["end_to_end"]
   assert "error" not in e2e, e2e
   assert e2e["steps_per_epoch"] == 64 // 16 and e2e["epochs_timed"] == 2
-  assert e2e["steps_x_step_s"] == pytest.approx(e2e["steps_per_epoch"] * e2e["step_ms"] / 1e3)
+  assert e2e["steps_x_step_s"] == pytest.approx(
+      e2e["steps_per_epoch"] * e2e["pipelined_step_ms"] / 1e3)
   assert e2e["overhead_fraction"] == pytest.approx(e2e["epoch_s"] / e2e["steps_x_step_s"] - 1)
 
   rows = r["scaling"]["rows"]
@@ -155,3 +159,71 @@ def test_device_metric_sums_equal_per_step_losses(tmp_path):
   sums = _host(sums)
   np.testing.assert_allclose(sums["loss"], want["loss"], rtol=1e-4)
   assert sums["correct"] == want["correct"] and sums["count"] == want["count"]
+
+
+# The fast layers compute flax's math: values exactly, gradients to float32 rounding.
+
+
+def _normal(*shape, seed=0):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((4, 28, 28, 8), (3, 3), (2, 2), "SAME"),    # small AlexNet, small Inception's Down
+    ((2, 7, 7, 8), (3, 3), (2, 2), "SAME"),      # odd size, SAME
+    ((2, 35, 35, 8), (3, 3), (2, 2), "VALID"),   # Inception V3
+    ((2, 9, 10, 4), (2, 3), (1, 2), ((1, 0), (2, 1))),  # explicit, asymmetric
+])
+def test_max_pool_equals_flax_and_routes_gradients_to_the_maximum(shape, window, strides,
+                                                                  padding):
+  from rethinking.models.layers import max_pool  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(_normal(*shape))  # Continuous values: no ties.
+  ref = lambda x: nn.max_pool(x, window, strides=strides, padding=padding)
+  new = lambda x: max_pool(x, window, strides, padding)
+  np.testing.assert_array_equal(jax.jit(new)(x), ref(x))
+  g = jnp.asarray(_normal(*ref(x).shape, seed=1))
+  got = jax.jit(lambda x, g: jax.vjp(new, x)[1](g)[0])(x, g)
+  np.testing.assert_allclose(got, jax.vjp(ref, x)[1](g)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_ties_get_the_gradient_once():
+  """All-zero windows (ReLU outputs): each output's gradient lands on one input."""
+  from rethinking.models.layers import max_pool  # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((1, 6, 6, 1))
+  dx = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), "SAME")))(x)
+  assert float(dx.sum()) == 9.0 and set(np.unique(dx)) <= {0.0, 1.0, 2.0, 4.0}
+
+
+def test_batch_norm_equals_flax():
+  """Values, running statistics and gradients of layers.BatchNorm vs nn.BatchNorm(use_scale=False),
+  including a constant channel (variance clipped to 0)."""
+  from rethinking.models.layers import BatchNorm  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(_normal(8, 5, 5, 6) * 3 + 1).at[..., 2].set(0.7)
+  g = jnp.asarray(_normal(8, 5, 5, 6, seed=1))
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3, use_scale=False)
+  new = BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+      new.init(jax.random.PRNGKey(0), x))
+  variables = jax.tree_util.tree_map(lambda v: v + 0.3, variables)
+
+  def loss(module):
+    def f(params, x):
+      y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                x, mutable=["batch_stats"])
+      return jnp.sum(y * g), (y, updates)
+    return jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
+
+  (ref_grads, (ref_y, ref_stats)) = loss(ref)(variables["params"], x)
+  (new_grads, (new_y, new_stats)) = loss(new)(variables["params"], x)
+  np.testing.assert_allclose(new_y, ref_y, rtol=1e-6, atol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                         new_stats, ref_stats)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                         new_grads, ref_grads)
+  eval_ref = nn.BatchNorm(use_running_average=True, epsilon=1e-3, use_scale=False)
+  eval_new = BatchNorm(use_running_average=True, epsilon=1e-3)
+  np.testing.assert_allclose(eval_new.apply(variables, x), eval_ref.apply(variables, x),
+                             rtol=1e-6, atol=1e-6)

@@ -17,15 +17,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rethinking.models.layers import (
-    HIDDEN_INIT, Classifier, local_response_normalization, logits_head)
+    HIDDEN_INIT, Classifier, local_response_normalization, logits_head, max_pool)
 
 # The tutorial's tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75).
 lrn = functools.partial(local_response_normalization, depth_radius=4, bias=1.0,
                         alpha=0.001 / 9.0, beta=0.75)
 
 
-def max_pool(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+def pool_3x3_s2(x):
+  return max_pool(x, (3, 3), (2, 2), "SAME")
 
 
 class AlexNetSmall(Classifier):
@@ -38,8 +38,8 @@ class AlexNetSmall(Classifier):
                              param_dtype=jnp.float32)
     dense = functools.partial(nn.Dense, kernel_init=HIDDEN_INIT, dtype=self.dtype,
                               param_dtype=jnp.float32)
-    x = lrn(max_pool(nn.relu(conv(64)(x.astype(self.dtype)))))
-    x = max_pool(lrn(nn.relu(conv(64)(x))))
+    x = lrn(pool_3x3_s2(nn.relu(conv(64)(x.astype(self.dtype)))))
+    x = pool_3x3_s2(lrn(nn.relu(conv(64)(x))))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(dense(384)(x))
     x = nn.relu(dense(192)(x))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from rethinking.models.layers import (
-    BatchNormClassifier, InceptionBlock, global_mean_pool, logits_head)
+    BatchNormClassifier, InceptionBlock, global_mean_pool, logits_head, max_pool)
 
 
 class InceptionModule(InceptionBlock):
@@ -35,7 +35,7 @@ class DownsampleModule(InceptionBlock):
 
   def branches(self, x, conv):
     return [conv(self.c3, (3, 3), strides=(2, 2))(x),
-            nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")]
+            max_pool(x, (3, 3), (2, 2), "SAME")]
 
 
 # After the first ConvModule(3x3, 96): (block, filters...).

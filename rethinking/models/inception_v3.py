@@ -23,7 +23,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from rethinking.models.layers import (
-    BatchNormClassifier, InceptionBlock, global_mean_pool, logits_head)
+    BatchNormClassifier, InceptionBlock, global_mean_pool, logits_head, max_pool)
 
 MIN_SIZE = 75  # Smaller inputs leave no pixels after mixed8's stride-2 VALID convs.
 
@@ -33,7 +33,7 @@ def avg_pool_3x3(x):
 
 
 def max_pool_3x3_s2(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return max_pool(x, (3, 3), (2, 2), "VALID")
 
 
 class Mixed35(InceptionBlock):
