@@ -214,6 +214,7 @@ def bench_cifar_model(name: str, batch_size: int, tmp: pathlib.Path) -> dict[str
   """The real CIFAR path (InMemoryTask), the bare train step and evaluation of one model."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rethinking import loop  # pylint: disable=g-import-not-at-top
   from rethinking import step as step_lib  # pylint: disable=g-import-not-at-top
   from rethinking.data import preprocess  # pylint: disable=g-import-not-at-top
 
@@ -227,12 +228,12 @@ def bench_cifar_model(name: str, batch_size: int, tmp: pathlib.Path) -> dict[str
                          "batch_size": batch_size, "path": "train.InMemoryTask.train"}
   state = task.init_state()
   out["num_params"] = task.run_info["num_params"]
-  holder = {"state": state}
+  holder = {"state": state, "sums": loop.train_sums()}
 
   def train(n):
-    def call():
-      holder["state"], sums = task.train(holder["state"], 0, n)
-      return sums
+    def call():  # As loop.run: state and running sums donated, step 0's batches.
+      holder["state"], holder["sums"] = task.train(holder["state"], holder["sums"], 0, n)
+      return holder["sums"]
     return call
 
   t = time.perf_counter()
@@ -287,6 +288,7 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   """The ImageNet path: the pmapped train and eval steps on uint8 batches on the device."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rethinking import loop  # pylint: disable=g-import-not-at-top
   from rethinking import optim  # pylint: disable=g-import-not-at-top
   from rethinking import parallel  # pylint: disable=g-import-not-at-top
   from rethinking import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -313,14 +315,14 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   key = jax.random.PRNGKey(1)
   # XLA's count on the lowered (per-device) step: compiling it apart from pmap's own
   # cache would cost a second compile of the largest model.
-  flops = _flops(train.lower(state, batch, key))
+  flops = _flops(train.lower(state, loop.train_sums(), batch, key))
   out["flops_per_step"] = flops * devices if flops else None
   out["flops_source"] = "lowered (pre-optimization) HLO, per device x devices"
-  holder = {"state": state}
+  holder = {"state": state, "sums": loop.train_sums()}
 
   def call():
-    holder["state"], sums = train(holder["state"], batch, key)
-    return sums
+    holder["state"], holder["sums"] = train(holder["state"], holder["sums"], batch, key)
+    return holder["sums"]
 
   t = time.perf_counter()
   _block(call())
@@ -329,9 +331,14 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   out["compile_s"] = max(first - timing.median, 0.0)
   out["train"] = timing.row(batch_size)
   eval_batch = dict(batch, mask=shard(np.ones((devices, per_device), np.float32)))
-  _block(evaluate(holder["state"], eval_batch))
-  ev = time_calls(lambda: evaluate(holder["state"], eval_batch), FLAGS.steps, 0,
-                  FLAGS.max_seconds / 2)
+  eval_sums = {"sums": loop.zero_sums()}
+
+  def eval_call():
+    eval_sums["sums"] = evaluate(holder["state"], eval_sums["sums"], eval_batch)
+    return eval_sums["sums"]
+
+  _block(eval_call())
+  ev = time_calls(eval_call, FLAGS.steps, 0, FLAGS.max_seconds / 2)
   out["eval"] = dict(ev.row(batch_size), batch_size=batch_size)
   return out
 
@@ -456,8 +463,8 @@ class _TimedEvaluation:
   def __getattr__(self, name):
     return getattr(self._task, name)
 
-  def train(self, state, epoch, num_steps):
-    return self._task.train(state, epoch, num_steps)
+  def train(self, state, sums, step, num_steps):
+    return self._task.train(state, sums, step, num_steps)
 
   def evaluate(self, state):
     t = time.perf_counter()
@@ -502,11 +509,11 @@ def bench_epoch(name: str, batch_size: int, num_images: int, data: str,
   epoch_s = [walls[e] - walls[e - 1] - timed.eval_seconds[e] for e in range(1, len(walls))]
 
   state = task.init_state()  # The same compiled step, timed alone, one step per call.
-  holder = {"state": state}
+  holder = {"state": state, "sums": loop.train_sums()}
 
   def call():
-    holder["state"], sums = task.train(holder["state"], 0, 1)
-    return sums
+    holder["state"], holder["sums"] = task.train(holder["state"], holder["sums"], 0, 1)
+    return holder["sums"]
 
   _block(call())
   step = time_calls(call, max(FLAGS.steps, 10), 2, FLAGS.max_seconds)
@@ -537,6 +544,7 @@ def bench_epoch(name: str, batch_size: int, num_images: int, data: str,
 def scaling_worker(num_devices: int, name: str, per_device: int) -> dict[str, Any]:
   """In a process with `num_devices` CPU devices: the pmapped step's throughput."""
   import jax  # pylint: disable=g-import-not-at-top
+  from rethinking import loop  # pylint: disable=g-import-not-at-top
   from rethinking import optim  # pylint: disable=g-import-not-at-top
   from rethinking import parallel  # pylint: disable=g-import-not-at-top
   from rethinking import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -555,11 +563,11 @@ def scaling_worker(num_devices: int, name: str, per_device: int) -> dict[str, An
       "label": rng.integers(0, 10, (num_devices, per_device)).astype(np.int32)}.items()}
   train, _ = parallel.pmapped_steps()
   key = jax.random.PRNGKey(1)
-  holder = {"state": state}
+  holder = {"state": state, "sums": loop.train_sums()}
 
   def call():
-    holder["state"], sums = train(holder["state"], batch, key)
-    return sums
+    holder["state"], holder["sums"] = train(holder["state"], holder["sums"], batch, key)
+    return holder["sums"]
 
   _block(call())
   t = time_calls(call, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds)

@@ -6,7 +6,8 @@ everything that must be the same for all of them:
 
 - resume: the newest intact checkpoint; metrics rows past it are dropped, so a
   killed run that resumes writes each epoch exactly once;
-- the host syncs: once per `log_every_steps` and at epoch ends, never per step;
+- the host syncs: once per `log_every_steps` and at epoch ends, never per step
+  (the running sums are carried through the jitted steps, see `accumulate`);
 - checkpoints at every epoch end and every `checkpoint_every_steps`, with the
   running metric sums of a partly finished epoch, so a resumed run continues
   bit for bit;
@@ -36,6 +37,7 @@ from rethinking import preemption
 from rethinking import workdir as workdir_lib
 
 SUM_KEYS = ("loss", "correct", "correct_top5", "count")
+NONFINITE = "first_nonfinite_step"  # In train sums: the first step with a NaN/inf loss, or -1.
 
 
 class Task(Protocol):
@@ -48,9 +50,11 @@ class Task(Protocol):
   def init_state(self) -> Any:
     """A fresh train state (the template a checkpoint is restored onto)."""
 
-  def train(self, state, epoch: int, num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
-    """Runs `num_steps` steps of `epoch` from state.step; returns the state and
-    on-device metric sums (SUM_KEYS) plus 'first_nonfinite_step' (-1 if none)."""
+  def train(self, state, sums: dict[str, jax.Array], step: int,
+            num_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+    """Runs `num_steps` steps from `step` (= state.step, known on the host, so the
+    task never reads it back); returns the state and `sums` advanced by
+    `accumulate` on the device. Both inputs may be donated."""
 
   def evaluate(self, state) -> dict[str, Any]:
     """Metrics of the current state: at least test_loss and test_accuracy."""
@@ -62,6 +66,27 @@ def zero_sums() -> dict[str, jax.Array]:
 
 def add_sums(a: dict, b: dict) -> dict:
   return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def train_sums(saved: dict[str, float] | None = None) -> dict[str, jax.Array]:
+  """Where an epoch's running train sums start: zeros, or a partial epoch's saved
+  sums; plus NONFINITE = -1 (no non-finite loss seen)."""
+  sums = {k: jnp.asarray((saved or {}).get(k, 0.0), jnp.float32) for k in SUM_KEYS}
+  return dict(sums, **{NONFINITE: jnp.asarray(-1, jnp.int32)})
+
+
+def accumulate(sums: dict[str, jax.Array], step_sums: dict[str, jax.Array],
+               step: jax.Array) -> dict[str, jax.Array]:
+  """`sums` plus one train step's metric sums; notes `step` if its loss is not finite.
+
+  Pure, and called inside the jitted step with `sums` donated: adding on the host
+  between dispatches (eager ops waiting on the step's output) stalled the device
+  queue, +26-30% on a CIFAR epoch on a 2-core CPU.
+  """
+  bad = sums[NONFINITE]
+  bad = jnp.where((bad < 0) & ~jnp.isfinite(step_sums["loss"]), step, bad)
+  return dict({k: sums[k] + step_sums[k] for k in SUM_KEYS},
+              **{NONFINITE: bad.astype(jnp.int32)})
 
 
 def means(sums: dict[str, Any], prefix: str, index: int | None = None) -> dict[str, Any]:
@@ -124,9 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str
   try:
     with preemption.PreemptionGuard() as guard:
       for epoch in range(step // spe, 0 if finished else config.num_epochs):
-        sums = {k: jnp.asarray(v, jnp.float32) for k, v in (progress.train_sums or {}).items()}
-        sums = sums or zero_sums()
-        first_bad = jnp.asarray(-1, jnp.int32)  # On device; read only at sync points.
+        sums = train_sums(progress.train_sums)  # On device; read only at sync points.
         bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
         epoch_end = (epoch + 1) * spe
         while step < epoch_end:
@@ -134,10 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str
           if config.checkpoint_every_steps:
             boundaries.append(_next_multiple(step, config.checkpoint_every_steps))
           n = min(min(boundaries) - step, config.steps_per_dispatch)
-          state, chunk = task.train(state, epoch, n)
-          bad = chunk.pop("first_nonfinite_step")
-          first_bad = jnp.where(first_bad < 0, bad, first_bad)
-          sums = add_sums(sums, chunk)
+          state, sums = task.train(state, sums, step, n)
           step += n
           bar.update(n)
           at_checkpoint = bool(config.checkpoint_every_steps
@@ -145,10 +165,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str
           at_sync = step % config.log_every_steps == 0 or step == epoch_end or at_checkpoint
           stop = guard.stop_requested(collective=at_sync)
           if at_sync or stop:
-            _check_finite(int(first_bad), workdir)  # The one host sync per log interval.
+            _check_finite(int(sums[NONFINITE]), workdir)  # The one host sync per log interval.
             bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['count']), 1):.4f}")
           if step != epoch_end and (at_checkpoint or stop):
-            progress.train_sums = {k: float(v) for k, v in sums.items()}
+            progress.train_sums = {k: float(sums[k]) for k in SUM_KEYS}
             save()
           if stop and step != epoch_end:
             raise preemption.Preempted(f"{guard.signal_name} at step {step}")

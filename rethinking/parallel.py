@@ -38,30 +38,36 @@ def to_inputs(images: jax.Array, dtype=jnp.float32) -> jax.Array:
   return (images.astype(jnp.float32) * (2.0 / 255.0) - 1.0).astype(dtype)
 
 
-def _train_step(state, batch, dropout_rng, dtype, aux_loss_weight):
+def _train_step(state, sums, batch, dropout_rng, dtype, aux_loss_weight):
   batch = dict(batch, image=to_inputs(batch["image"], dtype))
-  state, sums = step_lib.train_step(state, batch, dropout_rng, axis_name=AXIS,
-                                    aux_loss_weight=aux_loss_weight)
-  bad = jnp.where(jnp.isfinite(sums["loss"]), -1, state.step - 1).astype(jnp.int32)
-  return state, dict(sums, first_nonfinite_step=bad)
+  new_state, step_sums = step_lib.train_step(state, batch, dropout_rng, axis_name=AXIS,
+                                             aux_loss_weight=aux_loss_weight)
+  return new_state, loop.accumulate(sums, step_sums, state.step)
 
 
-def _eval_step(state, batch, dtype):
-  return step_lib.eval_step(state, dict(batch, image=to_inputs(batch["image"], dtype)),
-                            axis_name=AXIS)
+def _eval_step(state, sums, batch, dtype):
+  return loop.add_sums(sums, step_lib.eval_step(
+      state, dict(batch, image=to_inputs(batch["image"], dtype)), axis_name=AXIS))
 
 
 def pmapped_steps(dtype=jnp.float32, aux_loss_weight: float = 0.0):
-  """(train_step, eval_step) pmapped over local devices, state unreplicated and donated."""
+  """(train_step, eval_step), pmapped over local devices.
+
+  train_step(state, sums, batch, dropout_rng) -> (state, sums) and
+  eval_step(state, sums, batch) -> sums: the state and the running metric sums go
+  in unreplicated and come back so (the sums are `psum`med, hence identical on every
+  device), and both are donated.
+  """
   # Donating the unreplicated state fails across processes in jax 0.10 (pmap reshards
   # it to the local devices, then finds a donated buffer deleted), so only a
-  # single-process run donates it.
-  donate = (0,) if jax.process_count() == 1 else ()
+  # single-process run donates.
+  single = jax.process_count() == 1
   train = jax.pmap(functools.partial(_train_step, dtype=dtype, aux_loss_weight=aux_loss_weight),
-                   axis_name=AXIS,
-                   in_axes=(None, 0, None), out_axes=(None, None), donate_argnums=donate)
+                   axis_name=AXIS, in_axes=(None, None, 0, None), out_axes=(None, None),
+                   donate_argnums=(0, 1) if single else ())
   evaluate = jax.pmap(functools.partial(_eval_step, dtype=dtype), axis_name=AXIS,
-                      in_axes=(None, 0), out_axes=None)
+                      in_axes=(None, None, 0), out_axes=None,
+                      donate_argnums=(1,) if single else ())
   return train, evaluate
 
 
@@ -114,25 +120,21 @@ class DataParallelTask:
     return flax.jax_utils.prefetch_to_device(
         iter(self.pipeline.train_batches(epoch, start_step=start)), 2)
 
-  def train(self, state, epoch: int, num_steps: int):
-    step = int(state.step)  # Host-side bookkeeping only; state.step is not read back per step.
+  def train(self, state, sums, step: int, num_steps: int):
     if self._next_step != step:  # First call, a new epoch, or after a resume.
+      epoch = step // self.steps_per_epoch
       self._iterator = self._batches(epoch, step - epoch * self.steps_per_epoch)
-    sums, first_bad = loop.zero_sums(), jnp.asarray(-1, jnp.int32)
     for _ in range(num_steps):
-      state, m = self._train(state, next(self._iterator), self.dropout_key)
-      bad = m.pop("first_nonfinite_step")
-      first_bad = jnp.where(first_bad < 0, bad, first_bad)
-      sums = loop.add_sums(sums, m)
+      state, sums = self._train(state, sums, next(self._iterator), self.dropout_key)
     self._next_step = step + num_steps
     if self._next_step % self.steps_per_epoch == 0:
       self._next_step = None  # The next epoch starts a new iterator.
-    return state, dict(sums, first_nonfinite_step=first_bad)
+    return state, sums
 
   def evaluate(self, state) -> dict[str, Any]:
     sums = loop.zero_sums()
     for batch in self.pipeline.eval_batches():
-      sums = loop.add_sums(sums, self._eval(state, batch))
+      sums = self._eval(state, sums, batch)
     row = loop.means(sums, "test")
     row["test_count"] = int(float(sums["count"]))
     row["corruption"] = self.config.corruption

@@ -52,50 +52,47 @@ def load_data(config: ml_collections.ConfigDict) -> corruptions.Corrupted:
                            force_different=config.corrupt_force_different)
 
 
-def train_steps(state: step_lib.TrainState, num_steps: int, x: jax.Array, y: jax.Array,
-                perm: jax.Array, keys: dict[str, jax.Array], *, batch_size: int,
-                steps_per_epoch: int, image_size: int, augment: str, rotation_degrees: float,
+def train_steps(state: step_lib.TrainState, sums: dict[str, jax.Array], num_steps: int,
+                x: jax.Array, y: jax.Array, perm: jax.Array, keys: dict[str, jax.Array], *,
+                batch_size: int, steps_per_epoch: int, image_size: int, augment: str,
+                rotation_degrees: float,
                 dtype: Any) -> tuple[step_lib.TrainState, dict[str, jax.Array]]:
-  """Runs `num_steps` (static) train steps of the current epoch; returns their metric sums.
+  """Runs `num_steps` (static) train steps of the current epoch, adding to `sums`.
 
   One step is the plain step, with no loop around it. Several are fused with
   `lax.scan` into one device call, which pays where dispatch overhead matters
   (small models on fast accelerators). Not on XLA's CPU backend: there a
-  convolution inside any loop runs ~20x slower than outside it (alexnet_small,
-  batch 128: 0.55 s/step plain, 11 s/step in a fori_loop or scan), hence the
-  default steps_per_dispatch = 1.
+  convolution's gradient inside any loop runs ~20x slower than outside it
+  (alexnet_small, batch 128: 0.55 s/step plain, 11 s/step in a fori_loop or scan),
+  hence the default steps_per_dispatch = 1.
   Each step's batch and augmentation depend only on (keys, state.step), so any
   chunking of the same steps gives the same result.
   """
 
-  def one_step(state):
+  def one_step(carry, _=None):
+    state, sums = carry
     idx = in_memory.batch_indices(perm, state.step % steps_per_epoch, batch_size)
     images = preprocess.preprocess(
         x[idx], image_size=image_size, augment=augment,
         rng=jax.random.fold_in(keys["augment"], state.step),
         rotation_degrees=rotation_degrees, dtype=dtype)
-    step = state.step
-    state, m = step_lib.train_step(state, {"image": images, "label": y[idx]}, keys["dropout"])
-    bad = jnp.where(jnp.isfinite(m["loss"]), -1, step).astype(jnp.int32)
-    return state, dict(m, first_nonfinite_step=bad)
+    new_state, m = step_lib.train_step(state, {"image": images, "label": y[idx]},
+                                       keys["dropout"])
+    return (new_state, loop.accumulate(sums, m, state.step)), None
 
   if num_steps == 1:
-    return one_step(state)
-  state, per_step = jax.lax.scan(lambda s, _: one_step(s), state, None, length=num_steps)
-  bad = per_step.pop("first_nonfinite_step")
-  never = jnp.iinfo(jnp.int32).max
-  first_bad = jnp.min(jnp.where(bad >= 0, bad, never))
-  return state, dict({k: jnp.sum(v) for k, v in per_step.items()},
-                     first_nonfinite_step=jnp.where(first_bad == never, -1, first_bad))
+    return one_step((state, sums))[0]
+  return jax.lax.scan(one_step, (state, sums), None, length=num_steps)[0]
 
 
-def eval_batch(state: step_lib.TrainState, x: jax.Array, y: jax.Array, masks: jax.Array,
-               idx: jax.Array, valid: jax.Array, *, image_size: int,
-               dtype: Any) -> dict[str, jax.Array]:
-  """Metric sums of one evaluation batch, per row of `masks` [G, N] (example groups)."""
+def eval_batch(state: step_lib.TrainState, sums: dict[str, jax.Array], x: jax.Array,
+               y: jax.Array, masks: jax.Array, idx: jax.Array, valid: jax.Array, *,
+               image_size: int, dtype: Any) -> dict[str, jax.Array]:
+  """`sums` plus the metric sums of one evaluation batch, per row of `masks` [G, N]
+  (example groups); accumulated here, not on the host, for `loop.accumulate`'s reason."""
   images = preprocess.preprocess(x[idx], image_size=image_size, dtype=dtype)
-  return step_lib.eval_step(state, {"image": images, "label": y[idx],
-                                    "mask": masks[:, idx] * valid})
+  return loop.add_sums(sums, step_lib.eval_step(
+      state, {"image": images, "label": y[idx], "mask": masks[:, idx] * valid}))
 
 
 class InMemoryTask:
@@ -129,11 +126,12 @@ class InMemoryTask:
         train_steps, batch_size=config.batch_size, steps_per_epoch=self.steps_per_epoch,
         image_size=config.image_size, augment=config.augment,
         rotation_degrees=config.rotation_degrees, dtype=dtype),
-        static_argnums=1, donate_argnums=0)
+        static_argnums=2, donate_argnums=(0, 1))
     self._eval_batch = jax.jit(functools.partial(
-        eval_batch, image_size=config.image_size, dtype=dtype))
+        eval_batch, image_size=config.image_size, dtype=dtype), donate_argnums=1)
     self._permutation = jax.jit(in_memory.epoch_permutation, static_argnums=2)
     self._perm_epoch, self._perm = None, None
+    self._eval_indices: dict[int, list[tuple[jax.Array, jax.Array]]] = {}
     self.run_info = {
         "num_train": num_train, "num_test": int(data.x_test.shape[0]),
         "steps_per_epoch": self.steps_per_epoch, "data_fingerprint": data.fingerprint,
@@ -148,22 +146,25 @@ class InMemoryTask:
     self.run_info["num_params"] = int(sum(p.size for p in jax.tree_util.tree_leaves(state.params)))
     return state
 
-  def train(self, state, epoch: int, num_steps: int):
+  def train(self, state, sums, step: int, num_steps: int):
+    epoch = step // self.steps_per_epoch
     if self._perm_epoch != epoch:  # One permutation per epoch, computed on the device.
       self._perm_epoch, self._perm = epoch, self._permutation(
           self.keys["data"], epoch, self.x_train.shape[0])
-    return self._train_steps(state, num_steps, self.x_train,
-                             self.y_train, self._perm, self.keys)
+    return self._train_steps(state, sums, num_steps, self.x_train, self.y_train, self._perm,
+                             self.keys)
 
   def _evaluate(self, state, x, y, masks) -> dict[str, jax.Array]:
     """Sums over every example once. A host loop of jitted batches (dispatched
     asynchronously, read once at the end): XLA's CPU backend runs convolutions
     inside a device-side loop ~20x slower."""
-    idx, valid = in_memory.eval_batch_indices(x.shape[0], self.config.eval_batch_size)
-    sums = None
-    for b_idx, b_valid in zip(idx, valid):
-      batch_sums = self._eval_batch(state, x, y, masks, b_idx, b_valid)
-      sums = batch_sums if sums is None else loop.add_sums(sums, batch_sums)
+    n = x.shape[0]
+    if n not in self._eval_indices:  # Sliced once: no eager ops between the batches.
+      self._eval_indices[n] = list(zip(*in_memory.eval_batch_indices(
+          n, self.config.eval_batch_size)))
+    sums = {k: jnp.zeros(masks.shape[0], jnp.float32) for k in loop.SUM_KEYS}
+    for b_idx, b_valid in self._eval_indices[n]:
+      sums = self._eval_batch(state, sums, x, y, masks, b_idx, b_valid)
     return sums
 
   def evaluate(self, state) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from rethinking import loop
 from rethinking import train
 from rethinking.data import in_memory
 
@@ -100,11 +101,13 @@ def _host(tree):
 def test_fused_steps_equal_single_steps(task):
   """steps_per_dispatch=k (one call of k steps) gives the state and sums of k calls of 1."""
   single, fused = task.init_state(), task.init_state()  # Each is donated below.
+  carrying, carried = task.init_state(), loop.train_sums()  # As loop.run: sums carried.
   per_step = []
-  for _ in range(FUSED):
-    single, sums = task.train(single, 0, 1)
+  for step in range(FUSED):
+    single, sums = task.train(single, loop.train_sums(), step, 1)
     per_step.append(_host(sums))
-  fused, fused_sums = task.train(fused, 0, FUSED)
+    carrying, carried = task.train(carrying, carried, step, 1)
+  fused, fused_sums = task.train(fused, loop.train_sums(), 0, FUSED)
   assert int(single.step) == int(fused.step) == FUSED
   for a, b in zip(jax.tree_util.tree_leaves(_host(single.params)),
                   jax.tree_util.tree_leaves(_host(fused.params))):
@@ -117,6 +120,8 @@ def test_fused_steps_equal_single_steps(task):
     np.testing.assert_allclose(fused_sums[key], sum(m[key] for m in per_step), rtol=1e-6)
   assert fused_sums["count"] == FUSED * BATCH
   assert fused_sums["first_nonfinite_step"] == -1
+  for key, value in _host(carried).items():
+    np.testing.assert_allclose(value, fused_sums[key], rtol=1e-6)
 
 
 def _center_standardized(images: np.ndarray) -> np.ndarray:
@@ -153,9 +158,9 @@ def test_device_metric_sums_equal_per_step_losses(tmp_path):
     want["loss"] += -logp[np.arange(BATCH), y[idx]].sum()
     want["correct"] += (logits.argmax(1) == y[idx]).sum()
     want["count"] += BATCH
-    state, _ = task.train(state, 0, 1)  # Advances the parameters to the next step's.
+    state, _ = task.train(state, loop.train_sums(), step, 1)  # The next step's parameters.
     params = _host(state.params)
-  _, sums = task.train(task.init_state(), 0, FUSED)
+  _, sums = task.train(task.init_state(), loop.train_sums(), 0, FUSED)
   sums = _host(sums)
   np.testing.assert_allclose(sums["loss"], want["loss"], rtol=1e-4)
   assert sums["correct"] == want["correct"] and sums["count"] == want["count"]
@@ -227,3 +232,18 @@ def test_batch_norm_equals_flax():
   eval_new = BatchNorm(use_running_average=True, epsilon=1e-3)
   np.testing.assert_allclose(eval_new.apply(variables, x), eval_ref.apply(variables, x),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_accumulate_sums_and_notes_the_first_nonfinite_step():
+  """The running sums the loop carries through the jitted steps."""
+  step_sums = lambda loss: {"loss": jnp.float32(loss), "correct": jnp.float32(3),
+                            "correct_top5": jnp.float32(5), "count": jnp.float32(8)}
+  accumulate = jax.jit(loop.accumulate, donate_argnums=0)
+  sums = loop.train_sums({"loss": 1.5, "correct": 1, "correct_top5": 2, "count": 8})
+  for step, loss in enumerate([0.5, 2.0]):
+    sums = accumulate(sums, step_sums(loss), jnp.int32(step))
+  assert _host(sums) == {"loss": 4.0, "correct": 7, "correct_top5": 12, "count": 24,
+                         "first_nonfinite_step": -1}
+  for step, loss in [(2, 1.0), (3, np.nan), (4, np.inf), (5, 1.0)]:
+    sums = accumulate(sums, step_sums(loss), jnp.int32(step))
+  assert int(sums["first_nonfinite_step"]) == 3 and float(sums["count"]) == 56

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rethinking import loop
 from rethinking import optim
 from rethinking import parallel
 from rethinking import step as step_lib
@@ -37,7 +38,7 @@ def test_pmapped_step_equals_single_device_step(model_name):
   pstate = state.replace(apply_fn=pmodel.apply)
   train, _ = parallel.pmapped_steps()
   sharded = jax.tree_util.tree_map(lambda x: x.reshape(8, B // 8, *x.shape[1:]), batch)
-  got, got_sums = train(pstate, sharded, jax.random.PRNGKey(1))
+  got, got_sums = train(pstate, loop.train_sums(), sharded, jax.random.PRNGKey(1))
   assert int(got.step) == 1
   # The parameter *updates* agree to float32 noise, which BN's E[x^2] - E[x]^2 over
   # ten layers amplifies to ~2e-3 relative here; BatchNorm statistics left per
@@ -67,7 +68,7 @@ def test_pmapped_eval_sums_match_and_respect_the_mask():
   _, evaluate = parallel.pmapped_steps()
   sharded = jax.tree_util.tree_map(lambda x: np.reshape(x, (8, B // 8, *x.shape[1:])),
                                    dict(batch, mask=mask))
-  got = evaluate(state, sharded)
+  got = evaluate(state, loop.zero_sums(), sharded)
   assert float(got["count"]) == B - 5
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5)
