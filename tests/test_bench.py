@@ -247,3 +247,24 @@ def test_accumulate_sums_and_notes_the_first_nonfinite_step():
   for step, loss in [(2, 1.0), (3, np.nan), (4, np.inf), (5, 1.0)]:
     sums = accumulate(sums, step_sums(loss), jnp.int32(step))
   assert int(sums["first_nonfinite_step"]) == 3 and float(sums["count"]) == 56
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+     "--xla_force_host_platform_device_count=2 "
+     "--xla_cpu_experimental_ynn_fusion_type=individual_dot"),
+    ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+individual_dot"},  # Theirs wins.
+     "--xla_cpu_experimental_ynn_fusion_type=+individual_dot"),
+    ({"XLA_FLAGS": "", "RETHINKING_XLA_DEFAULTS": "0"}, ""),
+])
+def test_cpu_xla_defaults_are_set_before_jax_starts(env, want):
+  """`import rethinking` adds the CPU flag unless told not to; jax then runs with it
+  (an unknown flag would abort the process)."""
+  code = ("import os, rethinking, jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
+          "print(os.environ['XLA_FLAGS'])")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  import rethinking  # pylint: disable=g-import-not-at-top
+  if rethinking._jaxlib_minor() in rethinking._KNOWN_JAXLIB:  # pylint: disable=protected-access
+    assert proc.stdout.strip() == want
