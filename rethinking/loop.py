@@ -38,6 +38,8 @@ from rethinking import workdir as workdir_lib
 
 SUM_KEYS = ("loss", "correct", "correct_top5", "count")
 NONFINITE = "first_nonfinite_step"  # In train sums: the first step with a NaN/inf loss, or -1.
+# One compiled call, not an eager op per parameter array (~20 ms per epoch on a CPU).
+_global_norm = jax.jit(optax.global_norm)
 
 
 class Task(Protocol):
@@ -183,7 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str
           progress.fit_step = step
         row.update(best_test_accuracy=progress.best_test_accuracy,
                    best_epoch=progress.best_epoch,
-                   param_norm=float(optax.global_norm(state.params)), wall_time=wall())
+                   param_norm=float(_global_norm(state.params)), wall_time=wall())
         if progress.fit_step is not None:
           row["fit_step"] = progress.fit_step
         writer.write(row)

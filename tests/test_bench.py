@@ -1,5 +1,6 @@
 """The benchmark command, and the hot path it measures: fused steps and on-device metric sums."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -54,13 +55,20 @@ def test_quick_benchmark_writes_every_field(tmp_path):
   cifar = r["input_pipeline"]["cifar"]
   for augment in ("none", "crop_flip", "full"):
     assert cifar[augment]["images_per_s"] > 0
-  assert 0 < cifar["share_of_step"]["mlp_1x512"]
+  # A fast step: the input's share measured inside it, real vs bare step interleaved.
+  share = m["input_share"]
+  assert cifar["share_method"]["mlp_1x512"] == "in the step"
+  assert cifar["share_of_step"]["mlp_1x512"] == share["fraction"] == pytest.approx(
+      share["real_step_ms"] / share["bare_step_ms"] - 1)
+  assert len(share["rounds_s"]["real"]) == len(share["rounds_s"]["bare"]) == 8
   imagenet = r["input_pipeline"]["imagenet"]
   assert imagenet.get("images_per_s", 0) > 0 or "skipped" in imagenet, imagenet
 
   (e2e,) = r["end_to_end"]
   assert "error" not in e2e, e2e
-  assert e2e["steps_per_epoch"] == 64 // 16 and e2e["epochs_timed"] == 2
+  assert e2e["steps_per_epoch"] == 64 // 16 and e2e["epochs_timed"] == 3
+  assert e2e["epoch_s"] == min(e2e["epoch_s_all"]) > 0
+  assert e2e["steps_x_step_s"] == min(e2e["steps_x_step_s_all"]) > 0
   assert e2e["steps_x_step_s"] == pytest.approx(
       e2e["steps_per_epoch"] * e2e["pipelined_step_ms"] / 1e3)
   assert e2e["overhead_fraction"] == pytest.approx(e2e["epoch_s"] / e2e["steps_x_step_s"] - 1)
@@ -268,3 +276,18 @@ def test_cpu_xla_defaults_are_set_before_jax_starts(env, want):
   import rethinking  # pylint: disable=g-import-not-at-top
   if rethinking._jaxlib_minor() in rethinking._KNOWN_JAXLIB:  # pylint: disable=protected-access
     assert proc.stdout.strip() == want
+
+
+def test_torch_reference_models_have_the_flax_models_parameter_counts():
+  """rethinking.torch_reference (run without jax) asserts these counts before timing."""
+  import ast  # pylint: disable=g-import-not-at-top
+  from rethinking.models import get_model  # pylint: disable=g-import-not-at-top
+  tree = ast.parse((REPO / "rethinking" / "torch_reference.py").read_text())
+  counts = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "")
+                == "REPO_PARAM_COUNTS")
+  assert set(counts) >= {"mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small"}
+  for name, count in counts.items():
+    init = functools.partial(get_model(name, num_classes=10).init, train=False)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 3)))
+    assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes["params"])) == count
