@@ -55,12 +55,14 @@ def test_quick_benchmark_writes_every_field(tmp_path):
   cifar = r["input_pipeline"]["cifar"]
   for augment in ("none", "crop_flip", "full"):
     assert cifar[augment]["images_per_s"] > 0
-  # A fast step: the input's share measured inside it, real vs bare step interleaved.
+  assert cifar["share_of_step"]["mlp_1x512"] == pytest.approx(
+      cifar["none"]["step_ms"] / m["train"]["step_ms"])
+  # A fast step: the input's share measured inside it too, real vs bare step interleaved.
   share = m["input_share"]
-  assert cifar["share_method"]["mlp_1x512"] == "in the step"
-  assert cifar["share_of_step"]["mlp_1x512"] == share["fraction"] == pytest.approx(
+  assert cifar["share_in_step"]["mlp_1x512"] == share["fraction"] == pytest.approx(
       share["real_step_ms"] / share["bare_step_ms"] - 1)
   assert len(share["rounds_s"]["real"]) == len(share["rounds_s"]["bare"]) == 8
+  assert share["real_step_ms"] == pytest.approx(1e3 * min(share["rounds_s"]["real"]))
   imagenet = r["input_pipeline"]["imagenet"]
   assert imagenet.get("images_per_s", 0) > 0 or "skipped" in imagenet, imagenet
 
@@ -69,6 +71,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
   assert e2e["steps_per_epoch"] == 64 // 16 and e2e["epochs_timed"] == 3
   assert e2e["epoch_s"] == min(e2e["epoch_s_all"]) > 0
   assert e2e["steps_x_step_s"] == min(e2e["steps_x_step_s_all"]) > 0
+  assert len(e2e["steps_x_step_s_all"]) == 4  # One reference pass after each epoch.
   assert e2e["steps_x_step_s"] == pytest.approx(
       e2e["steps_per_epoch"] * e2e["pipelined_step_ms"] / 1e3)
   assert e2e["overhead_fraction"] == pytest.approx(e2e["epoch_s"] / e2e["steps_x_step_s"] - 1)
