@@ -189,6 +189,7 @@ def _normal(*shape, seed=0):
     ((2, 7, 7, 8), (3, 3), (2, 2), "SAME"),      # odd size, SAME
     ((2, 35, 35, 8), (3, 3), (2, 2), "VALID"),   # Inception V3
     ((2, 9, 10, 4), (2, 3), (1, 2), ((1, 0), (2, 1))),  # explicit, asymmetric
+    ((2, 1, 1, 3), (3, 3), (1, 1), "VALID"),     # window larger than the input: empty
 ])
 def test_max_pool_equals_flax_and_routes_gradients_to_the_maximum(shape, window, strides,
                                                                   padding):

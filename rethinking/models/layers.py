@@ -257,6 +257,9 @@ def max_pool(x, window: Sequence[int], strides: Sequence[int], padding="VALID"):
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
   (pad_h, pad_w) = (tuple(p) for p in padding)
+  if min(_pool_geometry(x.shape[1], window[0], strides[0], pad_h)[0],
+         _pool_geometry(x.shape[2], window[1], strides[1], pad_w)[0]) <= 0:
+    return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)  # Empty.
   x = _max_pool_1d(x, 1, window[0], strides[0], pad_h)
   return _max_pool_1d(x, 2, window[1], strides[1], pad_w)
 
