@@ -157,6 +157,16 @@ def time_calls(call: Callable[[], Any], steps: int, warmup: int, max_seconds: fl
   return Timing(float(np.median(times)), float(np.min(times)), len(times))
 
 
+def _carrying(fn: Callable[..., Any], holder: dict[str, Any], *args) -> Callable[[], Any]:
+  """A no-argument call of fn(state, sums, *args) -> (state, sums), as the training
+  loop makes it: both donated, so `holder` keeps the current ones; returns the sums
+  (to block on)."""
+  def call():
+    holder["state"], holder["sums"] = fn(holder["state"], holder["sums"], *args)
+    return holder["sums"]
+  return call
+
+
 def _flops(compiled) -> float | None:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per computation.
@@ -242,12 +252,8 @@ def bench_cifar_model(name: str, batch_size: int, tmp: pathlib.Path) -> dict[str
   state = task.init_state()
   out["num_params"] = task.run_info["num_params"]
   holder = {"state": state, "sums": loop.train_sums()}
-
-  def train(n):
-    def call():  # As loop.run: state and running sums donated, step 0's batches.
-      holder["state"], holder["sums"] = task.train(holder["state"], holder["sums"], 0, n)
-      return holder["sums"]
-    return call
+  # As loop.run: state and running sums donated; step 0's batches.
+  train = lambda n: _carrying(task.train, holder, 0, n)
 
   t = time.perf_counter()
   _block(train(1)())
@@ -360,11 +366,7 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   out["flops_per_step"] = flops * devices if flops else None
   out["flops_source"] = "lowered (pre-optimization) HLO, per device x devices"
   holder = {"state": state, "sums": loop.train_sums()}
-
-  def call():
-    holder["state"], holder["sums"] = train(holder["state"], holder["sums"], batch, key)
-    return holder["sums"]
-
+  call = _carrying(train, holder, batch, key)
   t = time.perf_counter()
   _block(call())
   first = time.perf_counter() - t
@@ -564,10 +566,7 @@ def bench_epoch(name: str, batch_size: int, num_images: int, data: str,
                                  eval_batch_size=100)
   holder: dict[str, Any] = {}
   passes = []
-
-  def call():
-    holder["state"], holder["sums"] = task.train(holder["state"], holder["sums"], 0, 1)
-    return holder["sums"]
+  call = _carrying(task.train, holder, 0, 1)
 
   def reference_pass():
     if not holder:
@@ -634,12 +633,7 @@ def scaling_worker(num_devices: int, name: str, per_device: int) -> dict[str, An
       "label": rng.integers(0, 10, (num_devices, per_device)).astype(np.int32)}.items()}
   train, _ = parallel.pmapped_steps()
   key = jax.random.PRNGKey(1)
-  holder = {"state": state, "sums": loop.train_sums()}
-
-  def call():
-    holder["state"], holder["sums"] = train(holder["state"], holder["sums"], batch, key)
-    return holder["sums"]
-
+  call = _carrying(train, {"state": state, "sums": loop.train_sums()}, batch, key)
   _block(call())
   t = time_calls(call, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds)
   return {"devices": num_devices, **t.row(num_devices * per_device)}

@@ -62,8 +62,9 @@ class Task(Protocol):
     """Metrics of the current state: at least test_loss and test_accuracy."""
 
 
-def zero_sums() -> dict[str, jax.Array]:
-  return {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}
+def zero_sums(shape: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+  """Zero metric sums (of `shape`: one per example group for a grouped evaluation)."""
+  return {k: jnp.zeros(shape, jnp.float32) for k in SUM_KEYS}
 
 
 def add_sums(a: dict, b: dict) -> dict:
