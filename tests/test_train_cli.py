@@ -89,3 +89,12 @@ with tfds.testing.mock_data(num_examples=64):
   assert rows[-1]["epoch"] == 1 and rows[-1]["step"] == 4  # 64 mock images / 16.
   info = json.loads((tmp_path / "run_info.json").read_text())
   assert info["num_train"] == 64
+
+
+def test_tfds_cifar10_builder_is_usable(tmp_path):
+  """A first real run (not mock data) goes through the builder's code path, which imports
+  importlib_resources: TFDS does not declare it, so pyproject.toml must (the quickstart
+  crashed with ModuleNotFoundError before downloading)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder("cifar10", data_dir=str(tmp_path))
+  assert os.path.basename(str(builder.code_path)) == "cifar.py"
