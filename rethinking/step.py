@@ -107,11 +107,22 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   return _reduce(_sums(logits, batch["label"], batch["mask"]), jax.lax.psum, axis_name)
 
 
-def create_train_state(rng: jax.Array, model: flax.linen.Module, image_shape: tuple[int, ...],
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Initializes parameters (and BN statistics) for inputs of `image_shape` (H, W, C)."""
-  variables = jax.jit(model.init, static_argnames="train")(
+def init_variables(rng: jax.Array, model: flax.linen.Module,
+                   image_shape: tuple[int, ...]) -> dict:
+  """The model's initial variables (params, BN statistics) for inputs of `image_shape`."""
+  if getattr(model, "axis_name", None):  # Initialized outside pmap, so without the axis.
+    model = model.clone(axis_name=None)
+  return jax.jit(model.init, static_argnames="train")(
       rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def create_train_state(rng: jax.Array, model: flax.linen.Module, image_shape: tuple[int, ...],
+                       tx: optax.GradientTransformation, variables: dict | None = None
+                       ) -> TrainState:
+  """Initializes parameters (and BN statistics) for inputs of `image_shape` (H, W, C),
+  or starts from `variables` (from init_variables) where given."""
+  if variables is None:
+    variables = init_variables(rng, model, image_shape)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
 

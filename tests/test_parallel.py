@@ -1,5 +1,8 @@
 """Data parallelism: the pmapped step equals the single-device step on the same global batch."""
 
+import importlib.util
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,8 @@ from rethinking import optim
 from rethinking import parallel
 from rethinking import step as step_lib
 from rethinking.models import get_model
+
+from conftest import REPO
 
 B, SIZE = 16, 24
 
@@ -78,3 +83,38 @@ def test_global_batch_must_split_over_devices():
   assert parallel.check_batch(64) == 8
   with pytest.raises(ValueError, match=r"config.batch_size=12 is not divisible by the 8 devices"):
     parallel.check_batch(12)
+
+
+def _imagenet_config():
+  spec = importlib.util.spec_from_file_location("imagenet_config",
+                                                REPO / "configs" / "imagenet.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_data_parallel_task_compiles_each_step_once(tmp_path, caplog):
+  """pmap keys its compilations on where the inputs live: a fresh state, each epoch's
+  new sums and each evaluation's must reuse the steps' first compilation (else an
+  Inception V3 run compiles its train step three times, ~20 s each on a CPU)."""
+  from rethinking import bench  # pylint: disable=g-import-not-at-top
+  from rethinking import train  # pylint: disable=g-import-not-at-top
+  bench._write_jpeg_folder(tmp_path, per_class=8, scale=0.1)  # pylint: disable=protected-access
+  config = _imagenet_config().get_config("runlocal")
+  config.update(dataset=str(tmp_path), model="mlp_1x512", image_size=16, batch_size=8,
+                eval_batch_size=8)
+  task = train._data_parallel_task(config)()  # pylint: disable=protected-access
+  spe = task.steps_per_epoch
+  with caplog.at_level(logging.WARNING), jax.log_compiles():
+    state, sums = task.train(task.init_state(), loop.train_sums(), 0, 1)  # A fresh state.
+    state, sums = task.train(state, sums, 1, spe - 1)  # The step's own outputs.
+    first = task.evaluate(state)  # Fresh sums, then the eval step's own.
+    state, sums = task.train(state, loop.train_sums(), spe, spe)  # A new epoch's sums.
+    second = task.evaluate(state)
+  assert spe == 2 and int(state.step) == 2 * spe and float(sums["count"]) == 8 * spe
+  assert first["test_count"] == second["test_count"] == 16  # 8 per class x 2 classes.
+  # The steps are the programs that take the uint8 images (placing the state and
+  # sums compiles a small identity per kind of input, not a step).
+  steps = [r.getMessage()[:80] for r in caplog.records
+           if r.getMessage().startswith("Compiling") and "uint8[" in r.getMessage()]
+  assert len(steps) == 2, steps  # The train step and the eval step, once each.
