@@ -331,6 +331,18 @@ def _shard(x: np.ndarray, devices) -> Any:
   return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
 
 
+@functools.lru_cache(maxsize=None)
+def _initial_variables(name: str, size: int) -> dict[str, Any]:
+  """Host copies of `name`'s initial variables (1,000 classes): the train step donates
+  the device buffers of each state made from them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rethinking import step as step_lib  # pylint: disable=g-import-not-at-top
+  from rethinking.models import get_model  # pylint: disable=g-import-not-at-top
+
+  return jax.device_get(step_lib.init_variables(
+      jax.random.PRNGKey(0), get_model(name, num_classes=1000), (size, size, 3)))
+
+
 def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any]:
   """The ImageNet path: the pmapped train and eval steps on uint8 batches on the device."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -346,9 +358,11 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   per_device = batch_size // devices
   model = get_model(name, num_classes=1000, axis_name=parallel.AXIS)
   tx = optim.make_optimizer(optim.learning_rate_schedule(0.045, 0.94, 1000), 0.9, 4e-5)
-  init_model = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
-  state = step_lib.create_train_state(jax.random.PRNGKey(0), init_model, (size, size, 3), tx)
-  state = state.replace(apply_fn=model.apply)
+  # Made once per model: Inception V3's variables do not depend on the image size
+  # (global average pooling), and its init compiles for ~25 s on this CPU (XLA
+  # compiling ~100 threefry draws), as long as its train step takes.
+  variables = _initial_variables(name, 75 if name == "inception_v3" else size)
+  state = step_lib.create_train_state(None, model, (size, size, 3), tx, variables=variables)
   out: dict[str, Any] = {"model": name, "image_size": size, "batch_size": batch_size,
                          "devices": devices, "path": "parallel.pmapped_steps",
                          "num_params": int(sum(p.size for p in jax.tree_util.tree_leaves(
@@ -362,10 +376,11 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   key = jax.random.PRNGKey(1)
   # XLA's count on the lowered (per-device) step: compiling it apart from pmap's own
   # cache would cost a second compile of the largest model.
-  flops = _flops(train.lower(state, loop.train_sums(), batch, key))
+  state, sums = parallel.replicated((state, loop.train_sums()))
+  flops = _flops(train.lower(state, sums, batch, key))
   out["flops_per_step"] = flops * devices if flops else None
   out["flops_source"] = "lowered (pre-optimization) HLO, per device x devices"
-  holder = {"state": state, "sums": loop.train_sums()}
+  holder = {"state": state, "sums": sums}
   call = _carrying(train, holder, batch, key)
   t = time.perf_counter()
   _block(call())
@@ -375,7 +390,7 @@ def bench_imagenet_model(name: str, size: int, batch_size: int) -> dict[str, Any
   out["compile_s"] = max(first - timing.median, 0.0)
   out["train"] = timing.row(batch_size)
   eval_batch = dict(batch, mask=shard(np.ones((devices, per_device), np.float32)))
-  eval_sums = {"sums": loop.zero_sums()}
+  eval_sums = {"sums": parallel.replicated(loop.zero_sums())}
 
   def eval_call():
     eval_sums["sums"] = evaluate(holder["state"], eval_sums["sums"], eval_batch)
@@ -624,16 +639,15 @@ def scaling_worker(num_devices: int, name: str, per_device: int) -> dict[str, An
   name, size, _ = parse_model(name)
   model = get_model(name, num_classes=10, axis_name=parallel.AXIS)
   tx = optim.make_optimizer(optim.learning_rate_schedule(0.01, 0.95, 100), 0.9, 0.0)
-  init_model = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
-  state = step_lib.create_train_state(jax.random.PRNGKey(0), init_model, (size, size, 3), tx)
-  state = state.replace(apply_fn=model.apply)
+  state = step_lib.create_train_state(jax.random.PRNGKey(0), model, (size, size, 3), tx)
   rng = np.random.default_rng(0)
   batch = {k: _shard(v, jax.local_devices()) for k, v in {
       "image": rng.integers(0, 256, (num_devices, per_device, size, size, 3), dtype=np.uint8),
       "label": rng.integers(0, 10, (num_devices, per_device)).astype(np.int32)}.items()}
   train, _ = parallel.pmapped_steps()
   key = jax.random.PRNGKey(1)
-  call = _carrying(train, {"state": state, "sums": loop.train_sums()}, batch, key)
+  state, sums = parallel.replicated((state, loop.train_sums()))
+  call = _carrying(train, {"state": state, "sums": sums}, batch, key)
   _block(call())
   t = time_calls(call, FLAGS.steps, FLAGS.warmup, FLAGS.max_seconds)
   return {"devices": num_devices, **t.row(num_devices * per_device)}
