@@ -102,7 +102,11 @@ flags.DEFINE_list("step_models", ["mlp_1x512", "mlp_3x512", "alexnet_small"],
 flags.DEFINE_list("epoch_models", ["mlp_1x512", "alexnet_small"],
                     "Models for the real-epoch overhead check ('' to skip).")
 flags.DEFINE_integer("epoch_images", 0,
-                     "Training images of the real epoch (0: enough for ~5 s of steps).")
+                     "Training images of the real epoch (0: --epoch_seconds of steps).")
+flags.DEFINE_float("epoch_seconds", 8.0,
+                   "Size the real epoch for about this many seconds of steps (at most "
+                   "CIFAR-10's 50,000 images): the per-epoch costs (a checkpoint, ~0.13 s "
+                   "of CPU) weigh on a short epoch as they would not on a real one.")
 flags.DEFINE_string("cifar_data", str(CIFAR_NPZ),
                     "The CIFAR-10 .npz of the real-epoch check (synthetic images where it "
                     "is absent or holds fewer than the epoch needs).")
@@ -848,7 +852,8 @@ def run_all() -> dict[str, Any]:
       FLAGS.compilation_cache and jax.config.jax_compilation_cache_dir)
   results["settings"] = {k: FLAGS[k].value for k in (
       "models", "batch_size", "steps", "warmup", "max_seconds",
-      "fused_steps", "fused_models", "step_models", "epoch_models", "epoch_images", "devices", "scaling_model", "quick")}
+      "fused_steps", "fused_models", "step_models", "epoch_models", "epoch_images",
+      "epoch_seconds", "devices", "scaling_model", "quick")}
   sections = results["section_s"] = {}
   with _timed(sections, "matmul peak"):
     results["matmul_peak"] = matmul_peak(1024 if FLAGS.quick else 2048)
@@ -888,7 +893,8 @@ def run_all() -> dict[str, Any]:
     results["end_to_end"] = []
     for name in [m for m in FLAGS.epoch_models if m]:
       with _timed(sections, f"real epoch {name}"):
-        images = FLAGS.epoch_images or _epoch_images(name, results["models"], FLAGS.batch_size)
+        images = FLAGS.epoch_images or _epoch_images(
+            name, results["models"], FLAGS.batch_size, FLAGS.epoch_seconds)
         results["end_to_end"].append(_guarded(lambda: bench_epoch(
             name, FLAGS.batch_size, images, FLAGS.cifar_data, tmp), model=name))
 
@@ -902,12 +908,12 @@ def run_all() -> dict[str, Any]:
   return results
 
 
-def _epoch_images(name: str, rows: list[dict], batch_size: int) -> int:
-  """Training images for about 5 s of steps, between 8 batches and CIFAR-10's 50,000
-  (an epoch's fixed costs, evaluation aside, are spread as in a real run)."""
+def _epoch_images(name: str, rows: list[dict], batch_size: int, seconds: float) -> int:
+  """Training images for about `seconds` of steps, between 8 batches and CIFAR-10's
+  50,000 (an epoch's fixed costs, evaluation aside, are spread as in a real run)."""
   step_ms = next((r["train"]["step_ms"] for r in rows if r.get("model") == name
                   and "train" in r), 100.0)
-  return min(50_000, max(8, math.ceil(5000 / step_ms)) * batch_size)
+  return min(50_000, max(8, math.ceil(1e3 * seconds / step_ms)) * batch_size)
 
 
 def _num_train_images(path: str) -> int:
