@@ -116,9 +116,9 @@ def init_variables(rng: jax.Array, model: flax.linen.Module,
       rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
-def create_train_state(rng: jax.Array, model: flax.linen.Module, image_shape: tuple[int, ...],
-                       tx: optax.GradientTransformation, variables: dict | None = None
-                       ) -> TrainState:
+def create_train_state(rng: jax.Array | None, model: flax.linen.Module,
+                       image_shape: tuple[int, ...], tx: optax.GradientTransformation,
+                       variables: dict | None = None) -> TrainState:
   """Initializes parameters (and BN statistics) for inputs of `image_shape` (H, W, C),
   or starts from `variables` (from init_variables) where given."""
   if variables is None:
