@@ -7,10 +7,11 @@ import os
 # XLA's CPU backend in jaxlib 0.10-0.12 can hand work to YNNPACK; restricting that to
 # individual matmuls keeps convolutions and their gradients on XLA's own (Eigen)
 # kernels, measured 2.5x faster on a 2-core CPU (small AlexNet, batch 128: 186 -> 463
-# and 203 -> 519 images/s in two runs; see README, Performance). Only the CPU backend reads it. Set before jax
-# starts a backend (XLA reads XLA_FLAGS once); skipped where the user sets the option,
-# with RETHINKING_XLA_DEFAULTS=0, for a jaxlib not checked to know it (XLA aborts on
-# an unknown flag), and where libtpu is installed (its runtime was not checked).
+# and 203 -> 519 images/s in two runs; see README, Performance). Only the CPU backend
+# reads it. Set before jax starts a backend (XLA reads XLA_FLAGS once); skipped where
+# the user sets the option, with RETHINKING_XLA_DEFAULTS=0, for a jaxlib not checked
+# to know it (XLA aborts on an unknown flag), and where libtpu is installed (its
+# runtime was not checked).
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 _KNOWN_JAXLIB = ((0, 10), (0, 11), (0, 12))
 

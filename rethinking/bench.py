@@ -1,6 +1,6 @@
 r"""Speed, measured: train and eval steps, input pipelines, a real epoch, several devices.
 
-  python -m rethinking.bench --json=/tmp/bench.json          # everything: ~7 min on 2 CPU cores
+  python -m rethinking.bench --json=/tmp/bench.json          # everything: ~8 min on 2 CPU cores
   python -m rethinking.bench --models=mlp_1x512,alexnet_small --steps=20
   python -m rethinking.bench --quick --json=/tmp/quick.json  # seconds: a tiny model, every section
   python -m rethinking.bench --torch_python=/path/to/torch-env/bin/python  # PyTorch measured too

@@ -275,7 +275,8 @@ def main(argv=None):
 
   results = [bench(n, a.steps, a.warmup, a.max_seconds, a.min_seconds)
              for n in a.models.split(",")]
-  print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, batch={BATCH}, float32, eager")
+  print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, batch={BATCH}, "
+        "float32, eager")
   print(f"{'model':<22}{'params':>12}{'steps':>7}{'median ms':>11}{'min ms':>9}{'images/s':>10}")
   for r in results:
     print(f"{r['model']:<22}{r['params']:>12,}{r['steps_timed']:>7}{r['median_step_ms']:>11.1f}"
