@@ -19,5 +19,9 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
     if isinstance(default, bool):
       parsed[key] = value.lower() in ("", "1", "true", "yes")
     else:
-      parsed[key] = type(default)(value) if value else default
+      try:
+        parsed[key] = type(default)(value) if value else default
+      except ValueError:
+        raise ValueError(f"config argument {key}={value!r} in {arg!r}: expected a "
+                         f"{type(default).__name__}") from None
   return parsed

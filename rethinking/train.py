@@ -240,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
     loop.prepare_workdir(config, workdir)
     task = make_task()
+    logging.info("Config (validated):\n%s", config)  # Logged only once it is known good.
     logging.info("Run: %s", json.dumps(task.run_info))
     return loop.run(config, workdir, task)
 

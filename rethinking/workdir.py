@@ -19,6 +19,34 @@ IDENTITY_FIELDS = ("dataset", "num_train", "num_test", "corruption", "corrupt_pr
                    "augment", "weight_decay", "dropout_rate")
 
 
+def check_path(workdir: str | None) -> None:
+  """Checks, writing nothing, that `workdir` is or can become a writable directory.
+
+  Raises:
+    ValueError: naming the path and why it cannot hold a run (empty, a file, under
+      a file, on a read-only filesystem or without write permission).
+  """
+  if not workdir:
+    raise ValueError(f"--workdir={workdir or ''!r}: expected a directory path "
+                     "(it is created if missing)")
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):  # The nearest ancestor that exists.
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+    raise ValueError(f"--workdir={workdir}: {what}; expected a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):  # access(2) reports EROFS for root too.
+    where = "" if existing == path else f" (its existing parent {existing})"
+    raise ValueError(f"--workdir={workdir}: not writable{where}: "
+                     f"{_access_reason(existing)}; choose another --workdir")
+
+
+def _access_reason(path: str) -> str:
+  return "a read-only filesystem" if os.statvfs(path).f_flag & os.ST_RDONLY else \
+      "permission denied"
+
+
 @contextlib.contextmanager
 def locked(workdir: str, enabled: bool = True):
   """Holds an exclusive lock on the workdir; a second process refuses to start.

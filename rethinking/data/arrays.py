@@ -8,12 +8,27 @@ data through `load_arrays`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import lzma
 import os
+import socket
+import urllib.parse
 
+from absl import logging
 import numpy as np
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# Datasets shipped inside the package, by name: they need no download.
+# cifar10_sample: 1,000 train (100 per class) and 500 test (50 per class) CIFAR-10 images,
+# `balanced_subset(..., seed=0)` of each split of the shared cifar10_10k.npz (JPEG-derived
+# pixels, see that file's README), an xz-compressed .npz (3.6 MB; deflate gave 4.3 MB).
+PACKAGED = {"cifar10_sample": "cifar10_sample.npz.xz"}
+
+# How long the reachability check of a TFDS download host may take.
+_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +56,8 @@ def load_arrays(dataset: str, data_dir: str | None = None) -> ArrayDataset:
   """Loads a dataset by TFDS name (e.g. 'cifar10', 'mnist') or from a local .npz file.
 
   Args:
-    dataset: a TFDS name or the path of an `.npz` with x_train, y_train, x_test,
+    dataset: a name in `PACKAGED` (shipped with the package), a TFDS name or the
+      path of an `.npz` with x_train, y_train, x_test,
       y_test (the Keras layout; uint8 images HWC or HW, integer labels).
     data_dir: TFDS data_dir (for offline clusters with prepared datasets).
 
@@ -51,7 +67,9 @@ def load_arrays(dataset: str, data_dir: str | None = None) -> ArrayDataset:
   Raises:
     ValueError: the file is missing or malformed (names the key, shape or dtype).
   """
-  if is_local_file(dataset):
+  if dataset in PACKAGED:
+    arrays = _load_packaged(dataset)
+  elif is_local_file(dataset):
     arrays = _load_npz(dataset)
   else:
     arrays = _load_tfds(dataset, data_dir)
@@ -74,9 +92,66 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
   return {k: arrays[k] for k in NPZ_KEYS}
 
 
+def _load_packaged(name: str) -> dict[str, np.ndarray]:
+  path = os.path.join(os.path.dirname(__file__), PACKAGED[name])
+  with lzma.open(path) as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
+    return {k: npz[k] for k in NPZ_KEYS}
+
+
+def _ways_out(name: str) -> str:
+  return (f"use a local copy (--config.dataset=<file.npz> with keys {', '.join(NPZ_KEYS)}), "
+          f"a TFDS data_dir where {name!r} is prepared (--config.data_dir=<dir>), or the "
+          "bundled CIFAR-10 sample (--config.dataset=cifar10_sample, or "
+          "--config=configs/cifar10.py:quickstart)")
+
+
+def _unreachable_host(urls) -> str | None:
+  """The first download host that cannot be reached within a few seconds, or None.
+
+  TFDS retries a failed download for minutes and then raises a long chained
+  traceback; offline, one connection attempt tells the same in milliseconds
+  (a DNS failure) to seconds (a dropped connection). Behind a proxy, the proxy
+  is what must be reachable.
+  """
+  proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+  targets = [proxy] if proxy else sorted(urls)
+  for url in targets:
+    parsed = urllib.parse.urlparse(url if "//" in url else f"//{url}")
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+      socket.create_connection((parsed.hostname, port), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+      return f"{parsed.hostname}:{port} ({type(e).__name__}: {e})"
+  return None
+
+
+def _remove_empty_dirs(top: str) -> None:
+  """Removes `top` and the folders under it if they hold no file (a failed prepare's
+  leftovers); a folder with any file in it is kept."""
+  for root, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+    try:
+      os.rmdir(root)  # Fails (and keeps the folder) unless it is empty.
+    except OSError:
+      pass
+
+
+@contextlib.contextmanager
+def _tfds_warnings_hidden():
+  """Hides TFDS's warnings while it looks for a dataset that is not there yet
+  ("Variant folder ... has no dataset_info.json"): the error that follows says more."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 def _load_tfds(name: str, data_dir: str | None) -> dict[str, np.ndarray]:
   """Reads both splits of a TFDS image dataset into memory.
 
+  A dataset TFDS has not prepared yet is downloaded first; where its download
+  host cannot be reached that is one error, within seconds, naming the ways out.
   Iterates batches rather than `batch_size=-1`, which aborted the process under
   `tfds.testing.mock_data` with TF 2.21 + TFDS 4.9.10.
   """
@@ -84,11 +159,28 @@ def _load_tfds(name: str, data_dir: str | None) -> dict[str, np.ndarray]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # TF feeds data; JAX owns the accelerators.
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    with _tfds_warnings_hidden():
+      builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises DatasetNotFoundError with the list of names.
     raise ValueError(f"config.dataset={name!r}: neither a local .npz file nor a TFDS "
                      f"dataset ({type(e).__name__}: {str(e).splitlines()[0]})") from e
-  builder.download_and_prepare()
+  with _tfds_warnings_hidden():
+    prepared = builder.is_prepared()
+  if not prepared:
+    where = os.path.dirname(os.path.dirname(builder.data_dir))  # <data_dir>/<name>/<version>
+    unreachable = _unreachable_host(getattr(builder, "url_infos", None) or {})
+    if unreachable:
+      raise ValueError(f"config.dataset={name!r}: not prepared under {where} and its download "
+                       f"host is unreachable: {unreachable}; {_ways_out(name)}")
+    existed = os.path.isdir(where)
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # Network errors, a missing manual archive, a full disk, ...
+      if not existed:
+        _remove_empty_dirs(where)
+      raise ValueError(f"config.dataset={name!r}: TFDS could not download and prepare it "
+                       f"under {where} ({type(e).__name__}: {_first_line(e)}); "
+                       f"{_ways_out(name)}") from e
   arrays = {}
   for split, (xk, yk) in {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}.items():
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
@@ -100,10 +192,17 @@ def _load_tfds(name: str, data_dir: str | None) -> dict[str, np.ndarray]:
   return arrays
 
 
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [""])[0]
+
+
 def _validate(arrays: dict[str, np.ndarray], name: str) -> ArrayDataset:
   """Checks dtypes, shapes and label ranges; one error naming what is wrong."""
   for split in ("train", "test"):
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.size == 0 or y.size == 0:
+      raise ValueError(f"config.dataset={name!r}: x_{split} {x.shape} / y_{split} {y.shape} "
+                       "hold no examples; both splits need at least one image and label")
     if x.dtype != np.uint8:
       raise ValueError(f"config.dataset={name!r}: x_{split} has dtype {x.dtype}; "
                        "images must be uint8 in [0, 255]")
@@ -124,6 +223,9 @@ def _validate(arrays: dict[str, np.ndarray], name: str) -> ArrayDataset:
     raise ValueError(f"config.dataset={name!r}: train images {arrays['x_train'].shape[1:]} "
                      f"and test images {arrays['x_test'].shape[1:]} differ in shape")
   num_classes = int(arrays["y_train"].max()) + 1
+  if len(np.unique(arrays["y_train"])) < 2:
+    raise ValueError(f"config.dataset={name!r}: y_train has a single class "
+                     f"({arrays['y_train'][0]}); classification needs at least 2")
   for split in ("train", "test"):
     y = arrays[f"y_{split}"]
     if y.size and (y.min() < 0 or y.max() >= max(num_classes, 2)):
