@@ -1,13 +1,17 @@
-# Shared by the launch scripts (sourced, not run): arguments, dry runs, quoting.
+# Shared by the launch scripts (sourced, not run): arguments, dry runs, quoting, the
+# Python environment.
 #
 # A script sources this file, then calls `parse_args N "$@"` (which takes out --dry_run,
-# or honours DRY_RUN=1, leaves the rest in ARGS and needs N of them) and
-# runs its commands through `run` (the last one through `run_last`, which execs, so
-# signals reach the trainer). With a dry run both print the command instead, quoted
-# so that it can be pasted into a shell as is.
+# or honours DRY_RUN=1, leaves the rest in ARGS and needs N of them), `activate_env`
+# and `expect_platform`, and runs its commands through `run` (the last one through
+# `run_last`, which execs, so signals reach the trainer). With a dry run they print
+# the commands instead, quoted so that they can be pasted into a shell as is.
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python}
+# The trainer runs in a named environment (docs/imagenet.md, "Installing"), never in
+# whatever `python` comes first on PATH.
+VENV=${VENV:-$REPO_ROOT/.venv}
+PYTHON=python  # The activated environment's (activate_env).
 DATASET=${DATASET:-imagenet2012}
 DATA_DIR=${DATA_DIR:-${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}}
 
@@ -47,6 +51,31 @@ quoted() {
     fi
   done
   printf '%s\n' "${words[*]}"
+}
+
+# activate_env: sources $VENV/bin/activate; a missing environment is one error line.
+activate_env() {
+  if [[ $DRY_RUN == 1 ]]; then
+    quoted source "$VENV/bin/activate"
+    return 0
+  fi
+  if [[ ! -f $VENV/bin/activate ]]; then
+    echo "error: no Python environment at $VENV: create it (uv venv --python 3.12 $VENV &&" \
+      "uv pip install --python $VENV/bin/python -e '$REPO_ROOT[cuda12]'; docs/imagenet.md)" \
+      "or set VENV" >&2
+    exit 2
+  fi
+  local flags=$-
+  set +u  # Activation scripts may read unset variables.
+  source "$VENV/bin/activate"
+  if [[ $flags == *u* ]]; then set -u; fi
+}
+
+# expect_platform gpu|tpu: the trainer stops at once, with one line, when its jax has no
+# such backend (a CPU jax installed by mistake, a job without GPUs) instead of training
+# on the CPU. RETHINKING_EXPECT_PLATFORM set by the user wins ('any' allows the CPU).
+expect_platform() {
+  run export "RETHINKING_EXPECT_PLATFORM=${RETHINKING_EXPECT_PLATFORM:-$1}"
 }
 
 run() {

@@ -13,12 +13,15 @@
 # Environment: DATASET (default imagenet2012, built by TFDS from the official archives in
 # <DATA_DIR>/downloads/manual; or an ImageFolder directory with train/ and validation/),
 # DATA_DIR (TFDS data_dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets), GPUS (a
-# CUDA_VISIBLE_DEVICES list such as 0,1,2,3; default all), PYTHON (default python),
-# DRY_RUN=1 (as --dry_run: print the commands, run nothing).
+# CUDA_VISIBLE_DEVICES list such as 0,1,2,3; default all), VENV (the Python environment
+# to activate; default <repo>/.venv), RETHINKING_EXPECT_PLATFORM (default gpu: a jax
+# without a GPU stops at once), DRY_RUN=1 (as --dry_run: print the commands, run nothing).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_args 2 "$@"
 imagenet_command "${ARGS[0]}" "$(absolute "${ARGS[1]}")" "${ARGS[@]:2}"
+activate_env
+expect_platform gpu
 run cd "$REPO_ROOT"
 if [[ -n ${GPUS:-} ]]; then
   run_last env "CUDA_VISIBLE_DEVICES=$GPUS" "${MAIN[@]}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One ImageNet run (Table 2) on a Cloud TPU VM pod slice: copies this working tree to every
-# worker, installs it with jax[tpu], and starts the trainer on all workers at once (one
-# process per worker; jax.distributed detects the pod by itself).
+# worker, installs it with its [tpu] extra in a Python 3.12 environment made by uv (a stock
+# TPU VM image has Python 3.10; this repository needs 3.11+), and starts the trainer on all
+# workers at once (one process per worker, driving all of its chips; rethinking.distributed
+# finds the pod through the TPU metadata server, as JAX does).
 #
 # Usage: launch/imagenet_tpu_pod.sh [--dry_run] <preset> <workdir> [--config.<field>=<value> ...]
 #   TPU_NAME=my-v4-64 ZONE=us-central2-b DATA_DIR=gs://my-bucket/tensorflow_datasets \
@@ -16,10 +18,9 @@
 #
 # Environment: TPU_NAME, ZONE (required), PROJECT (default: gcloud's), DATASET, DATA_DIR (as
 # in launch/imagenet_one_node.sh, but seen from the workers), REMOTE_DIR (the copy on each
-# worker, relative to its home; default rethinking), PYTHON (default python3), DRY_RUN=1
-# (as --dry_run: print the commands, run nothing).
+# worker, relative to its home; default rethinking; its environment is REMOTE_DIR/.venv,
+# kept between launches), DRY_RUN=1 (as --dry_run: print the commands, run nothing).
 set -euo pipefail
-PYTHON=${PYTHON:-python3}
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_args 2 "$@"
 if [[ -z ${TPU_NAME:-} || -z ${ZONE:-} ]]; then
@@ -36,10 +37,15 @@ tarball=${TMPDIR:-/tmp}/rethinking-src.tar.gz
 remote=$(quoted mkdir -p "$REMOTE_DIR")
 remote+=" && $(quoted tar -xzf rethinking-src.tar.gz -C "$REMOTE_DIR")"
 remote+=" && $(quoted cd "$REMOTE_DIR")"
-remote+=" && $(quoted "$PYTHON" -m pip install -q -e . "jax[tpu]")"
+# uv brings Python 3.12 itself; the environment persists, so a relaunch only checks it.
+remote+=' && (test -x ~/.local/bin/uv || curl -LsSf https://astral.sh/uv/install.sh'
+remote+=' | env UV_INSTALL_DIR=$HOME/.local/bin UV_NO_MODIFY_PATH=1 sh)'
+remote+=" && (test -x .venv/bin/python || ~/.local/bin/uv venv -q --python 3.12 .venv)"
+remote+=" && ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
+remote+=" && source .venv/bin/activate && export RETHINKING_EXPECT_PLATFORM=tpu"
 remote+=" && $(quoted "${MAIN[@]}")"
 
 run tar -czf "$tarball" -C "$REPO_ROOT" --exclude=.git --exclude=__pycache__ \
-  "--exclude=*.egg-info" --exclude=.pytest_cache .
+  "--exclude=*.egg-info" --exclude=.pytest_cache --exclude=./.venv .
 run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:rethinking-src.tar.gz" "${gcloud_flags[@]}"
 run_last gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" "--command=$remote"

@@ -129,26 +129,90 @@ def expand(sweep: str, root: str, scale: str = "paper", seeds: int = 1,
   return jobs
 
 
-def slurm_script(jobs: list[Job], sweep: str, root: str) -> str:
-  """A SLURM array job, one task per run; resubmitting it resumes the unfinished ones."""
-  cases = "\n".join(f"  {i}) {shlex.join(job.command())} ;;" for i, job in enumerate(jobs))
+SBATCH_TEMPLATE = REPO / "launch" / "slurm.sbatch.in"
+SIGNAL_SECONDS = 120  # SIGTERM this long before the time limit: enough to save a checkpoint.
+
+
+def render_sbatch(*, job_name: str, resources: list[str], output: str, usage: str, task: str,
+                  repo: str, venv: str, platform: str = "gpu",
+                  signal_seconds: int = SIGNAL_SECONDS) -> str:
+  """launch/slurm.sbatch.in filled in: the batch script of every SLURM job of this repo.
+
+  The template holds what every job needs (environment activation, --requeue,
+  --signal=TERM@<s>, the trainer as a job step, a requeue after exit 75); a job adds
+  its #SBATCH resource lines, its usage comment and `task`, bash that sets TASK to
+  the trainer's command line.
+  """
+  values = {"job_name": job_name, "resources": "\n".join(f"#SBATCH {r}" for r in resources),
+            "output": output, "usage": usage, "task": task, "repo": repo, "venv": venv,
+            "platform": platform, "signal_seconds": str(signal_seconds)}
+  text = SBATCH_TEMPLATE.read_text()
+  for key, value in values.items():
+    text = text.replace("{{%s}}" % key, value)
+  return text
+
+
+IMAGENET_USAGE = """\
+# The batch script of a multi-node ImageNet run (Table 2) on SLURM: by default one process
+# per node, each driving all of its node's GPUs (--ntasks-per-node=<GPUs> for one per GPU);
+# rethinking.distributed finds the coordinator, the process count, this process's id and
+# its GPUs in SLURM's environment.
+#
+# Usage: sbatch [--nodes=N ...] launch/imagenet_slurm.sbatch <preset> <workdir> [--config.<field>=<value> ...]
+# from the repository root (launch/slurm_multinode.sh submits it with the sizes you ask for):
+#   sbatch --nodes=8 launch/imagenet_slurm.sbatch labels=random,wd /shared/ckpt/t2_random_wd
+#
+# DATASET and DATA_DIR are as in launch/imagenet_one_node.sh."""
+
+
+def imagenet_sbatch() -> str:
+  """launch/imagenet_slurm.sbatch, as rendered from the template (a test keeps them equal)."""
+  return render_sbatch(
+      job_name="rethinking-imagenet",
+      resources=["--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=32",
+                 "--time=48:00:00"],
+      output="rethinking-imagenet-%j.out", usage=IMAGENET_USAGE,
+      task='parse_args 2 "$@"\n'
+           'imagenet_command "${ARGS[0]}" "$(absolute "${ARGS[1]}")" "${ARGS[@]:2}"\n'
+           'TASK=("${MAIN[@]}")',
+      repo='${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}', venv="$REPO/.venv")
+
+
+def default_venv() -> str:
+  """The environment this sweep runs in (jobs activate it), else <repo>/.venv."""
+  if os.environ.get("VIRTUAL_ENV"):
+    return os.environ["VIRTUAL_ENV"]
+  return sys.prefix if sys.prefix != sys.base_prefix else str(REPO / ".venv")
+
+
+def slurm_script(jobs: list[Job], sweep: str, root: str, venv: str | None = None) -> str:
+  """A SLURM array job, one task per run; resubmitting it resumes the unfinished ones.
+
+  Runs on one GPU each (CIFAR-10), or one node's 8 GPUs each for ImageNet runs.
+  """
   logs = os.path.join(os.path.abspath(root), "slurm")
-  return f"""#!/bin/bash
-# The {sweep} sweep, {len(jobs)} runs, one per array task (written by rethinking.sweep).
-# Submit with `sbatch {sweep}.sbatch`; adapt the #SBATCH lines to your cluster. Finished
-# runs exit at once and interrupted ones resume, so resubmitting continues the sweep.
-#SBATCH --job-name=rethinking-{sweep}
-#SBATCH --array=0-{len(jobs) - 1}
-#SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=8
-#SBATCH --time=24:00:00
-#SBATCH --output={logs}/%x-%A_%a.out
-set -euo pipefail
-cd {shlex.quote(str(REPO))}
-case "$SLURM_ARRAY_TASK_ID" in
-{cases}
-esac
-"""
+  imagenet = any(job.config.get("pipeline") == "imagenet" for job in jobs)
+  resources = [f"--array=0-{len(jobs) - 1}"]
+  resources += (["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=32",
+                 "--time=48:00:00"] if imagenet else
+                ["--ntasks=1", "--gres=gpu:1", "--cpus-per-task=8", "--time=24:00:00"])
+  cases = "\n".join(f"  {i}) TASK=({shlex.join(job.command())}) ;;"
+                     for i, job in enumerate(jobs))
+  task = ('parse_args 0 "$@"\n'
+          'case ${SLURM_ARRAY_TASK_ID:-} in\n'
+          f'{cases}\n'
+          f'  *) echo "error: array task \'${{SLURM_ARRAY_TASK_ID:-}}\' is not one of 0-{len(jobs) - 1}'
+          ' (submit with sbatch)" >&2; exit 2 ;;\n'
+          'esac')
+  usage = (f"# The {sweep} sweep, {len(jobs)} runs, one per array task (written by "
+           "rethinking.sweep).\n"
+           f"# Submit with `sbatch {sweep}.sbatch`; adapt the #SBATCH lines to your cluster. "
+           "Finished\n# runs exit at once and interrupted ones resume, so resubmitting "
+           "continues the sweep.\n"
+           f"# One task\'s commands: SLURM_ARRAY_TASK_ID=0 bash {sweep}.sbatch --dry_run")
+  return render_sbatch(job_name=f"rethinking-{sweep}", resources=resources,
+                       output=f"{logs}/%x-%A_%a.out", usage=usage, task=task,
+                       repo=shlex.quote(str(REPO)), venv=shlex.quote(venv or default_venv()))
 
 
 def _duration(seconds: float) -> str:
@@ -201,7 +265,7 @@ def main(argv):
     os.makedirs(os.path.join(FLAGS.root, "slurm"), exist_ok=True)  # SLURM makes no log dirs.
     path = os.path.join(FLAGS.root, f"{FLAGS.sweep}.sbatch")
     with open(path, "w") as f:
-      f.write(slurm_script(jobs, FLAGS.sweep, FLAGS.root))
+      f.write(slurm_script(jobs, FLAGS.sweep, FLAGS.root, FLAGS.venv))
     print(f"wrote {path} ({len(jobs)} array tasks); run from anywhere: sbatch {path}")
   elif FLAGS.dry_run:
     for i, job in enumerate(jobs, 1):
@@ -222,6 +286,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("dry_run", False, "List the runs and their status; run nothing.")
   flags.DEFINE_enum("emit", None, ["commands", "slurm"],
                     "Print one command per run, or write <root>/<sweep>.sbatch; run nothing.")
+  flags.DEFINE_string("venv", None, "--emit=slurm: the Python environment each job activates "
+                      "(default: the one running this command, else <repo>/.venv).")
   flags.mark_flags_as_required(["sweep", "root"])
 
 

@@ -123,13 +123,20 @@ def test_emitted_commands_and_slurm_script(tmp_path):
                      "model=inception_small,corruption=random_labels,augment=full"]
   assert cmd[5:] == ["--config.lr_decay=0.999", "--config.seed=1"]
   script = sweep.slurm_script(jobs, "table4", str(tmp_path))
-  assert "#SBATCH --array=0-11" in script and script.count(" ;;") == 12
+  assert "#SBATCH --array=0-11" in script and script.count(") TASK=(") == 12
+  # The shared template: environment, requeue, a warning before the time limit, exit 75.
+  for line in ("#SBATCH --requeue", "#SBATCH --signal=TERM@120", "activate_env",
+               'if [[ $rc == 75 ]]; then'):
+    assert line in script
+  # ImageNet runs (Table 2) get a node's 8 GPUs per array task, one process.
+  table2 = sweep.slurm_script(sweep.expand("table2", str(tmp_path)), "table2", str(tmp_path))
+  assert "#SBATCH --gpus-per-node=8\n" in table2 and "#SBATCH --gres=gpu:1" not in table2
   assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
   proc = subprocess.run([sys.executable, "-m", "rethinking.sweep", "--sweep=table4",
                          f"--root={tmp_path}", "--emit=slurm"], cwd=REPO, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
-  assert (tmp_path / "table4.sbatch").read_text().count(" ;;") == 6
+  assert (tmp_path / "table4.sbatch").read_text().count(") TASK=(") == 6
   assert (tmp_path / "slurm").is_dir()  # For the logs: SLURM does not create it.
 
 
