@@ -11,7 +11,11 @@ stopping best marked); a CSV behind each; and index.md, which shows them all.
 
 Table cells average the finished runs of a cell over seeds: mean ± std, with the number
 of runs beside. A cell without a finished run reads "missing", never a number. Curves
-(Figures 1a, 2) also show runs still training.
+(Figures 1a, 2) also show runs still training. Runs need not come from a sweep: any run
+is placed by its config (`random_labels` is p = 1; a run that stopped at its fit target
+still fills Table 1), rows with runs smaller than the paper's (a subset, smaller images,
+a local file) are marked, and every finished run that fits nowhere is listed at the end
+of index.md with its setting.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ FLAGS = flags.FLAGS
 MISSING = "missing"
 COLORS = {"inception_small": "C0", "alexnet_small": "C1", "mlp_1x512": "C2",
           "inception_small_nobn": "C3"}
+# Label settings on Figure 1b/1c's p axis (true labels are p = 0, random labels p = 1).
+_LABEL_SETTINGS = ("none", "partial_labels", "random_labels")
 FIGURE1A_LABELS = {"none": "true labels", "random_labels": "random labels",
                    "shuffled_pixels": "shuffled pixels", "random_pixels": "random pixels",
                    "gaussian_pixels": "gaussian"}
@@ -47,12 +53,29 @@ FIGURE1A_LABELS = {"none": "true labels", "random_labels": "random labels",
 
 
 def setting(run: Run) -> dict[str, Any]:
-  """The parts of a run's config that place it in the paper's tables and figures."""
+  """The parts of a run's config that place it in the paper's tables and figures.
+
+  `p` is the label corruption probability: 1 for random labels, 0 for true ones.
+  """
   c = run.config
+  p = {"random_labels": 1.0, "none": 0.0}.get(c["corruption"], c.get("corrupt_prob", 0.0))
   return {"imagenet": c.get("pipeline") == "imagenet", "model": c["model"],
           "augment": c.get("augment", "none"), "wd": c.get("weight_decay", 0) > 0,
           "dropout": c.get("dropout_rate", 0) > 0, "corruption": c["corruption"],
-          "p": round(c.get("corrupt_prob", 0.0), 2), "fit": c.get("stop_at_train_accuracy", 0) > 0}
+          "p": round(p, 2), "fit": c.get("stop_at_train_accuracy", 0) > 0}
+
+
+def reduced(run: Run) -> str:
+  """How a run is smaller than the paper's (e.g. '1000 images'), or '' for paper scale."""
+  c, parts = run.config, []
+  full_dataset = c.get("dataset") in ("cifar10", "imagenet2012")
+  if c.get("num_train") or not full_dataset:
+    parts.append(f"{run.info.get('num_train', c.get('num_train')) or 'all'} images")
+  if c.get("pipeline") != "imagenet" and c.get("image_size", 28) != 28:
+    parts.append(f"{c['image_size']} px")
+  if not full_dataset:
+    parts.append(os.path.basename(str(c.get("dataset"))))
+  return ", ".join(parts)
 
 
 def select(runs: list[Run], **wanted) -> list[Run]:
@@ -142,6 +165,7 @@ class Table:
   rows: list[list[str]]
   csv_rows: list[dict[str, Any]]
   note: str = ""
+  placed: list[Run] = dataclasses.field(default_factory=list)  # The runs shown in it.
 
   def markdown(self) -> str:
     lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
@@ -176,8 +200,12 @@ def paper_table(name: str, title: str, runs: list[Run], paper_rows: dict, labels
       row += [paper_cell(paper_value), cell(ours)]
       csv_row.update({f"{m.title} paper": paper_value if paper_value is not None else "",
                       **{f"{m.title} {k}": v for k, v in summary(ours).items()}})
-    table.rows.append(row + [runs_cell(done, every)])
-    table.csv_rows.append(dict(csv_row, runs=len(done), unfinished=len(every) - len(done)))
+    smaller = sorted({reduced(r) for r in every} - {""})
+    table.rows.append(row + [runs_cell(done, every) + (f" (smaller: {'; '.join(smaller)})"
+                                                       if smaller else "")])
+    table.csv_rows.append(dict(csv_row, runs=len(done), unfinished=len(every) - len(done),
+                               smaller="; ".join(smaller)))
+    table.placed += every
   return table
 
 
@@ -191,9 +219,11 @@ def table1(runs: list[Run]) -> Table:
     return [model, _yes(augment == "crop"), _yes(wd),
             "random" if corruption == "random_labels" else "true"]
 
-  def match(key):
+  def match(key):  # A run stopped at 100% train accuracy is a Table 1 run that ended early.
     model, augment, wd, corruption = key
-    return select(runs, model=model, augment=augment, wd=wd, corruption=corruption)
+    return [r for fit in (False, True)
+            for r in select(runs, model=model, augment=augment, wd=wd, corruption=corruption,
+                            fit=fit)]
 
   return paper_table(
       "table1", "Table 1: CIFAR-10 train and test accuracy (%)", runs, paper.TABLE1,
@@ -265,6 +295,7 @@ def figure1a(runs: list[Run], out: str) -> tuple[list[dict], Table] | None:
       curve = _plot_curve(ax, run, "train_loss", f"C{i}",
                           FIGURE1A_LABELS[corruption] if j == 0 else None)
       points += [{"setting": corruption, **point} for point in curve]
+    table.placed += rs
     done = [r for r in rs if r.finished]
     reached = [loss_below_step(r) for r in done]
     table.rows.append([FIGURE1A_LABELS[corruption],
@@ -280,8 +311,8 @@ def figure1a(runs: list[Run], out: str) -> tuple[list[dict], Table] | None:
 
 def figure1bc(runs: list[Run], out: str) -> tuple[list[dict], list[dict], Table] | None:
   """Time to overfit relative to p = 0 (1b) and test error at convergence (1c) against p."""
-  done = {(m, p): [r for r in select(runs, model=m, augment="none", wd=False,
-                                     corruption="partial_labels", p=p, fit=True) if r.finished]
+  done = {(m, p): [r for r in select(runs, model=m, augment="none", wd=False, p=p, fit=True)
+                   if r.finished and r.config["corruption"] in _LABEL_SETTINGS]
           for m in paper.FIGURE1B for p in paper.CORRUPTION_LEVELS}
   if not any(done.values()):
     return None
@@ -289,6 +320,7 @@ def figure1bc(runs: list[Run], out: str) -> tuple[list[dict], list[dict], Table]
       "figure1bc", "Figures 1b and 1c: time to overfit relative to p = 0, and test error at "
       "convergence (%), against label corruption p", ["model", "p", "time to fit (paper)",
       "time to fit (ours)", "test error (paper)", "test error (ours)", "runs"], [], [])
+  table.placed += [r for rs in done.values() for r in rs]
   fig_b, ax_b = plt.subplots(figsize=(6, 4))
   fig_c, ax_c = plt.subplots(figsize=(6, 4))
   for m in paper.FIGURE1B:
@@ -309,6 +341,8 @@ def figure1bc(runs: list[Run], out: str) -> tuple[list[dict], list[dict], Table]
       curve_c.append((p, summary(errors)))
       unfit = sum(r.fit_step is None for r in rs)
       fit_text = cell(ratios, lambda x: f"{x:.2f}")
+      if rs and base is None:  # Time to fit is relative to p = 0: say what is needed.
+        fit_text = f"no p = 0 run to compare with (fit at step {rs[0].fit_step})"
       if unfit:
         fit_text += f"; {unfit} not fit in {rs[0].config['num_epochs']} epochs"
       table.rows.append([m, f"{p:.1f}", paper_cell(paper.FIGURE1B[m][i], lambda x: f"{x:.2f}"),
@@ -359,6 +393,7 @@ def figure2(runs: list[Run], out: str) -> tuple[list[dict], Table] | None:
                 label="early-stopping best" if model == "inception_small" and j == 0 else None)
       points += [{"model": model, **point, "best": k == best} for k, point in enumerate(curve)]
     ax.axhline(paper.FIGURE2[model], color=COLORS[model], ls="--", lw=0.8)
+    table.placed += rs
     done = [r for r in rs if r.finished]
     table.rows.append([model, paper_cell(paper.FIGURE2[model]),
                        cell([r.last.get("test_accuracy") for r in done]),
@@ -392,6 +427,24 @@ def _scale_note(runs: list[Run]) -> str:
   return "; ".join(f"{m}: {', '.join(sorted(s))}" for m, s in sorted(sizes.items()))
 
 
+def _unplaced_section(runs: list[Run], placed: set[str]) -> list[str]:
+  """Every finished run that no table or figure shows, with the setting that kept it out."""
+  unplaced = [r for r in runs if r.finished and r.workdir not in placed]
+  if not unplaced:
+    return []
+  lines = ["### Runs not placed", "",
+           f"{len(unplaced)} finished runs match no row of the paper's tables or figures "
+           "(Table 1: no augmentation other than crop, no dropout; Figures 1b/1c: stopped at "
+           "a fit target, no regularizer, one of the three models; Figure 1a and 2: "
+           "Inception(s) without regularizers):", ""]
+  for r in unplaced:
+    s = setting(r)
+    why = ", ".join(f"{k}={s[k]}" for k in ("model", "augment", "wd", "dropout", "corruption",
+                                            "p", "fit"))
+    lines.append(f"- `{r.workdir}`: {why}" + (f" ({reduced(r)})" if reduced(r) else ""))
+  return lines + [""]
+
+
 def write_report(root: str, out: str) -> str:
   """Writes the report of the runs under `root` to `out`; returns the path of index.md."""
   os.makedirs(out, exist_ok=True)
@@ -404,7 +457,10 @@ def write_report(root: str, out: str) -> str:
            "Cells: mean ± std over seeds of finished runs; `runs` counts them. "
            "`missing`: no finished run; `—`: the paper gives no number.", ""]
 
+  placed: set[str] = set()
+
   def add_table(table: Table, csv_name: str | None = None) -> None:
+    placed.update(r.workdir for r in table.placed)
     with open(os.path.join(out, f"{table.name}.md"), "w") as f:
       f.write(table.markdown())
     write_csv(os.path.join(out, csv_name or f"{table.name}.csv"), table.csv_rows or [
@@ -437,6 +493,7 @@ def write_report(root: str, out: str) -> str:
     add_table(f2[1], "figure2_table.csv")
   add_table(table2(runs))
   add_table(table4(runs))
+  index.extend(_unplaced_section(runs, placed))
   path = os.path.join(out, "index.md")
   with open(path, "w") as f:
     f.write("\n".join(index))

@@ -165,3 +165,27 @@ def test_empty_root_gives_missing_tables_and_no_figures(tmp_path):
   assert text.count("No runs yet: `python -m rethinking.sweep --sweep=") == 4
   assert not list((tmp_path / "out").glob("*.png"))
   assert all(r[5] == "missing" for r in table_rows(tmp_path / "out" / "table1.md"))
+
+
+def test_runs_not_made_by_a_sweep_are_placed_or_listed(tmp_path):
+  """The quickstart run (random labels, stopped at its fit target, the bundled sample) is
+  Table 1's mlp_1x512 random-labels row at a smaller size, and Figure 1c's p = 1 point;
+  a run that fits no paper setting is listed with its setting, never silently missing."""
+  root = tmp_path / "runs"
+  write_run(root, "quickstart", "quickstart", curve(14, test=0.11, fit_epoch=14),
+            num_epochs=40)
+  with open(root / "quickstart" / "seed0" / "run_info.json", "w") as f:
+    json.dump({"num_train": 1000, "steps_per_epoch": 8}, f)  # As the real run writes it.
+  write_run(root, "odd", "model=mlp_1x512,augment=full", curve(2, test=0.3), num_epochs=2)
+  index = report.write_report(str(root), str(tmp_path / "out"))
+  rows = {tuple(r[:4]): r for r in table_rows(tmp_path / "out" / "table1.md")}
+  row = rows["mlp_1x512", "no", "no", "random"]
+  assert row[5] == "100.00" and row[7] == "11.00"  # train (ours), test (ours)
+  assert row[-1] == "1 (smaller: 1000 images, cifar10_sample)"
+  f1bc = {(r[0], r[1]): r for r in table_rows(tmp_path / "out" / "figure1bc.md")}
+  assert f1bc["mlp_1x512", "1.0"][5] == "89.0"  # test error (ours), at p = 1
+  assert "no p = 0 run" in f1bc["mlp_1x512", "1.0"][3]
+  text = open(index).read()
+  assert "### Runs not placed" in text and "1 finished runs" in text
+  assert "odd/seed0`: model=mlp_1x512, augment=full" in text
+  assert "quickstart/seed0" not in text.split("### Runs not placed")[1]
