@@ -4,15 +4,21 @@ A task (CIFAR-10 from device memory, ImageNet from tf.data across devices) says
 how to initialize a state, run `n` train steps, and evaluate; this loop owns
 everything that must be the same for all of them:
 
-- resume: the newest intact checkpoint; metrics rows past it are dropped, so a
-  killed run that resumes writes each epoch exactly once;
+- resume: the newest intact checkpoint; an epoch's metrics row is written only
+  once its checkpoint is complete on disk (and travels in it), so a killed run
+  that resumes writes each epoch exactly once and metrics.jsonl never runs ahead
+  of the checkpoints;
 - the host syncs: once per `log_every_steps` and at epoch ends, never per step
   (the running sums are carried through the jitted steps, see `accumulate`);
+  and it runs at most one dispatch ahead of the device, so a signal is seen
+  within one dispatch;
 - checkpoints at every epoch end and every `checkpoint_every_steps`, with the
   running metric sums of a partly finished epoch, so a resumed run continues
-  bit for bit;
-- SIGTERM/SIGINT: stop after the current dispatch, save, flush, raise Preempted;
-- a non-finite loss: stop without saving, naming the step;
+  bit for bit; a failed write stops the run (WriteError, exit 1);
+- SIGTERM/SIGINT: stop after the dispatch in flight, save, flush, raise Preempted;
+- divergence (a non-finite loss, or a log interval's mean loss above
+  DIVERGED_LOSS_FACTOR * ln(classes)): stop without saving the diverged state,
+  naming the last healthy checkpoint;
 - `stop_at_train_accuracy` (time to fit) and the best test accuracy (early stopping).
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Protocol
@@ -38,6 +45,11 @@ from rethinking import workdir as workdir_lib
 
 SUM_KEYS = ("loss", "correct", "correct_top5", "count")
 NONFINITE = "first_nonfinite_step"  # In train sums: the first step with a NaN/inf loss, or -1.
+# A log interval whose mean training loss exceeds this many times ln(classes) (the
+# loss of a uniform guess; 23 for 10 classes) has diverged: its state is not saved,
+# so the last checkpoint is one a lower learning rate can continue from. (With
+# learning_rate=5 the MLP's loss went 2.3 -> 1e4 -> 1e35 -> inf over a few epochs.)
+DIVERGED_LOSS_FACTOR = 10.0
 # One compiled call, not an eager op per parameter array (~20 ms per epoch on a CPU).
 _global_norm = jax.jit(optax.global_norm)
 
@@ -112,6 +124,16 @@ class _Progress:
   wall_time: float = 0.0
   fit_step: int | None = None
   train_sums: dict[str, float] | None = None  # Sums of a partly finished epoch.
+  row: dict[str, Any] | None = None  # The metrics row of the epoch this checkpoint ends.
+
+
+class Diverged(FloatingPointError):
+  """Training diverged; the last healthy checkpoint is kept (exit 1)."""
+
+
+# A tiny computation on each dispatch's output: a buffer the next dispatch does not
+# donate, to wait on. (The step's own outputs are donated to the next call.)
+_dispatch_done = jax.jit(lambda x: x + 1)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str, Any]:
@@ -119,103 +141,230 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str
 
   Returns:
     The last metrics row of the run.
+
+  Raises:
+    preemption.Preempted: SIGTERM/SIGINT; what was trained is saved.
+    checkpoint.WriteError: a checkpoint or metrics write failed (nothing past the
+      last complete checkpoint is recorded).
+    Diverged: the loss went non-finite or exploded (nothing diverged is saved).
+    checkpoint.ModelMismatch: the checkpoints hold another model.
   """
-  is_main = jax.process_index() == 0
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = task.init_state()
-  progress = _Progress()
-  restored = ckpt.restore_latest_good(state)
-  if restored is not None:
-    state, meta = restored
-    progress = _Progress(**{f.name: meta[f.name] for f in dataclasses.fields(_Progress)
-                            if f.name in meta})
-    logging.info("Resuming from step %d in %s", int(state.step), workdir)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  writer.truncate_after(int(state.step))
-  if is_main:
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-      json.dump(task.run_info, f, indent=2)
+  with preemption.PreemptionGuard():
+    return _Run(config, workdir, task).run()
 
-  spe = task.steps_per_epoch
-  step = int(state.step)
-  finished = progress.fit_step is not None or step >= spe * config.num_epochs
-  bar = tqdm.tqdm(total=spe * config.num_epochs, initial=min(step, spe * config.num_epochs),
-                  unit="step", dynamic_ncols=True, disable=not is_main or finished)
-  start_time, wall_offset = time.time(), progress.wall_time
-  wall = lambda: wall_offset + time.time() - start_time
-  last_row = (metrics_lib.read_rows(writer.path) or [{}])[-1] if is_main else {}
 
-  def save(test_accuracy=None):
-    ckpt.save(state, dict(dataclasses.asdict(progress), wall_time=wall(), epoch=step // spe),
-              test_accuracy=test_accuracy)
+class _Run:
+  """One call of `run`: the loop's state, so that saving and flushing are methods."""
 
-  try:
-    with preemption.PreemptionGuard() as guard:
-      for epoch in range(step // spe, 0 if finished else config.num_epochs):
-        sums = train_sums(progress.train_sums)  # On device; read only at sync points.
-        bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
-        epoch_end = (epoch + 1) * spe
-        while step < epoch_end:
-          boundaries = [epoch_end, _next_multiple(step, config.log_every_steps)]
-          if config.checkpoint_every_steps:
-            boundaries.append(_next_multiple(step, config.checkpoint_every_steps))
-          n = min(min(boundaries) - step, config.steps_per_dispatch)
-          state, sums = task.train(state, sums, step, n)
-          step += n
-          bar.update(n)
-          at_checkpoint = bool(config.checkpoint_every_steps
-                               and step % config.checkpoint_every_steps == 0)
-          at_sync = step % config.log_every_steps == 0 or step == epoch_end or at_checkpoint
-          stop = guard.stop_requested(collective=at_sync)
-          if at_sync or stop:
-            _check_finite(int(sums[NONFINITE]), workdir)  # The one host sync per log interval.
-            bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['count']), 1):.4f}")
-          if step != epoch_end and (at_checkpoint or stop):
-            progress.train_sums = {k: float(sums[k]) for k in SUM_KEYS}
-            save()
-          if stop and step != epoch_end:
-            raise preemption.Preempted(f"{guard.signal_name} at step {step}")
+  def __init__(self, config, workdir: str, task: Task):
+    self.config, self.workdir, self.task = config, workdir, task
+    self.is_main = jax.process_index() == 0
+    self.spe = task.steps_per_epoch
+    self.pending_row: dict[str, Any] | None = None  # Written once its checkpoint is complete.
+    self.last_row: dict[str, Any] = {}
+    num_classes = task.run_info.get("num_classes", 10)
+    self.loss_bound = DIVERGED_LOSS_FACTOR * math.log(max(num_classes, 2))
 
-        row = {"epoch": epoch + 1, "step": step,
-               "learning_rate": float(task.learning_rate_fn(epoch * spe)),
-               **means(sums, "train"), **task.evaluate(state)}
-        if row["test_accuracy"] > progress.best_test_accuracy:
-          progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
-        fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])
-        if 0 < config.stop_at_train_accuracy <= fit_accuracy:
-          progress.fit_step = step
-        row.update(best_test_accuracy=progress.best_test_accuracy,
-                   best_epoch=progress.best_epoch,
-                   param_norm=float(_global_norm(state.params)), wall_time=wall())
-        if progress.fit_step is not None:
-          row["fit_step"] = progress.fit_step
-        writer.write(row)
-        last_row = row
-        progress.train_sums = None
-        save(test_accuracy=row["test_accuracy"])
-        bar.write(_summary(row))
-        if progress.fit_step is not None:
-          logging.info("Train accuracy %.4f >= %.4f at step %d: stopping.", fit_accuracy,
-                       config.stop_at_train_accuracy, step)
-          break
-        if guard.stop_requested():
+  def run(self) -> dict[str, Any]:
+    config, workdir, task = self.config, self.workdir, self.task
+    preemption.check("before the run started")
+    self.ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    self.writer = None
+    self.bar = None
+    failed = True
+    try:
+      self._start()
+      result = self._train()
+      failed = False
+      return result
+    finally:
+      if self.bar is not None:
+        self.bar.close()
+      try:
+        if failed:
+          try:
+            self.ckpt.wait()  # A save in flight still completes (it is a good state).
+          except checkpoint.WriteError:
+            pass  # The error being raised already says what happened.
+        self.ckpt.close()  # Raises a WriteError of the last save on the normal path.
+        if not failed:
+          self._flush()
+      finally:
+        if self.writer is not None:
+          self.writer.close()
+
+  def _start(self) -> None:
+    """Restores the newest intact checkpoint and brings the workdir's files in line."""
+    config, workdir, task = self.config, self.workdir, self.task
+    had_checkpoints = bool(self.ckpt.steps())
+    state = task.init_state()
+    progress = _Progress()
+    restored = self.ckpt.restore_latest_good(state)
+    if restored is not None:
+      state, meta = restored
+      progress = _Progress(**{f.name: meta[f.name] for f in dataclasses.fields(_Progress)
+                              if f.name in meta})
+      logging.info("Resuming from step %d in %s", int(state.step), workdir)
+    self.state, self.progress = state, progress
+    self.step = int(state.step)
+    if self.is_main:
+      workdir_lib.record_config(config, workdir, self.step)
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
+    if restored is None and (had_checkpoints or self.writer.last_step()):
+      logging.warning("Starting from step 0: no intact checkpoint in %s.", self.ckpt.directory)
+    dropped = self.writer.truncate_after(self.step)
+    if dropped:
+      logging.warning("metrics.jsonl had rows up to step %d but the newest intact checkpoint "
+                      "is at step %d: %d row(s) moved to %s; they are trained again.",
+                      dropped[-1]["step"], self.step, len(dropped), metrics_lib.DROPPED_FILE)
+    # The epoch-end row saved with the checkpoint, if the run stopped before writing it.
+    row = progress.row
+    if row is not None and row["step"] == self.step and self.writer.last_step() < self.step:
+      self.writer.write(row)
+    self.last_row = row or {}
+    if self.is_main:
+      with open(os.path.join(workdir, "run_info.json"), "w") as f:
+        json.dump(task.run_info, f, indent=2)
+      if not self.last_row:
+        self.last_row = (metrics_lib.read_rows(self.writer.path) or [{}])[-1]
+
+  def _save(self, test_accuracy=None) -> None:
+    """Starts a checkpoint of the current state (after the previous one completed)."""
+    self._flush()
+    meta = dict(dataclasses.asdict(self.progress), wall_time=self.wall(),
+                epoch=self.step // self.spe)
+    self.ckpt.save(self.state, meta, test_accuracy=test_accuracy)
+
+  def _flush(self, block: bool = True) -> None:
+    """Collects the save in flight (raises WriteError if it failed), then writes the
+    pending row: never before its checkpoint is complete. Without `block`, only if
+    the save has already ended (a thread check, cheap enough for every dispatch)."""
+    if not block and self.ckpt.busy():
+      return
+    self.ckpt.wait()
+    if self.pending_row is not None:
+      self.writer.write(self.pending_row)
+      self.pending_row = None
+
+  def _healthy_step(self) -> str:
+    """Where the run can continue from, for the divergence message."""
+    try:
+      self.ckpt.wait()
+    except checkpoint.WriteError:
+      pass
+    steps = self.ckpt.steps()
+    lr = self.config.learning_rate
+    if not steps:
+      return (f"No checkpoint was saved before it, so nothing is kept: start again with a "
+              f"lower learning rate (e.g. --config.learning_rate={lr / 10:g}); the workdir "
+              "takes a new config while it holds nothing trained.")
+    return (f"The last healthy checkpoint is step {steps[-1]} in {self.ckpt.directory}: "
+            f"continue from it with a lower learning rate, e.g. "
+            f"--config.learning_rate={lr / 10:g} --config.allow_config_change=True.")
+
+  def _check_health(self, sums, interval: dict[str, float]) -> None:
+    """Raises Diverged on a non-finite loss or an interval mean above the bound."""
+    first_bad = int(sums[NONFINITE])
+    if first_bad >= 0:
+      raise Diverged(f"non-finite training loss at step {first_bad + 1}; stopping. "
+                     + self._healthy_step())
+    loss, count = float(sums["loss"]), float(sums["count"])
+    mean = (loss - interval["loss"]) / max(count - interval["count"], 1.0)
+    interval.update(loss=loss, count=count)
+    if not mean <= self.loss_bound:  # Also catches an overflow to inf in the sum.
+      raise Diverged(f"training diverged: mean loss {mean:.4g} over the steps up to "
+                     f"{self.step} (above {self.loss_bound:.3g} = {DIVERGED_LOSS_FACTOR:g} x "
+                     "ln(classes)); stopping without saving it. " + self._healthy_step())
+
+  def wall(self) -> float:
+    return self.wall_offset + time.time() - self.start_time
+
+  def _train(self) -> dict[str, Any]:
+    config, task, progress, spe = self.config, self.task, self.progress, self.spe
+    total = spe * config.num_epochs
+    finished = progress.fit_step is not None or self.step >= total
+    self.bar = tqdm.tqdm(total=total, initial=min(self.step, total), unit="step",
+                         dynamic_ncols=True, disable=not self.is_main or finished)
+    self.start_time, self.wall_offset = time.time(), progress.wall_time
+    guard = preemption.PreemptionGuard()
+    preemption.check("before the first step")
+
+    for epoch in range(self.step // spe, 0 if finished else config.num_epochs):
+      sums = train_sums(progress.train_sums)  # On device; read only at sync points.
+      interval = {k: float(sums[k]) for k in ("loss", "count")}
+      self.bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
+      epoch_end = (epoch + 1) * spe
+      in_flight = None  # The previous dispatch's done-marker.
+      while self.step < epoch_end:
+        step = self.step
+        boundaries = [epoch_end, _next_multiple(step, config.log_every_steps)]
+        if config.checkpoint_every_steps:
+          boundaries.append(_next_multiple(step, config.checkpoint_every_steps))
+        n = min(min(boundaries) - step, config.steps_per_dispatch)
+        self.state, sums = task.train(self.state, sums, step, n)
+        marker = _dispatch_done(sums[NONFINITE])
+        if in_flight is not None:
+          # At most one dispatch queued behind the one running: a signal is seen
+          # when the running one ends, and the next one is the last.
+          in_flight.block_until_ready()
+        in_flight = marker
+        self._flush(block=False)  # A failed write stops the run at the next dispatch.
+        self.step = step = step + n
+        self.bar.update(n)
+        at_checkpoint = bool(config.checkpoint_every_steps
+                             and step % config.checkpoint_every_steps == 0)
+        at_sync = step % config.log_every_steps == 0 or step == epoch_end or at_checkpoint
+        stop = guard.stop_requested(collective=at_sync)
+        if at_sync or stop:
+          self._check_health(sums, interval)  # The one host sync per log interval.
+          self.bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['count']), 1):.4f}")
+        if step != epoch_end and (at_checkpoint or stop):
+          progress.train_sums = {k: float(sums[k]) for k in SUM_KEYS}
+          progress.row = None
+          self._save()
+        if stop and step != epoch_end:
+          self._flush()
+          self.ckpt.wait()
           raise preemption.Preempted(f"{guard.signal_name} at step {step}")
-  finally:
-    bar.close()
-    ckpt.close()  # Waits for the asynchronous save in flight.
-    writer.close()
-  return last_row
+
+      row = {"epoch": epoch + 1, "step": self.step,
+             "learning_rate": float(task.learning_rate_fn(epoch * spe)),
+             **means(sums, "train"), **task.evaluate(self.state)}
+      row.update(param_norm=float(_global_norm(self.state.params)))
+      bad = [k for k in ("train_eval_loss", "test_loss", "param_norm")
+             if row.get(k) is not None and not math.isfinite(row[k])]
+      if bad:
+        raise Diverged(f"training diverged: {bad[0]}={row[bad[0]]} at the end of epoch "
+                       f"{epoch + 1} (step {self.step}); stopping without saving it. "
+                       + self._healthy_step())
+      if row["test_accuracy"] > progress.best_test_accuracy:
+        progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
+      fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])
+      if 0 < config.stop_at_train_accuracy <= fit_accuracy:
+        progress.fit_step = self.step
+      row.update(best_test_accuracy=progress.best_test_accuracy,
+                 best_epoch=progress.best_epoch, wall_time=self.wall())
+      if progress.fit_step is not None:
+        row["fit_step"] = progress.fit_step
+      progress.train_sums = None
+      progress.row = row
+      self._save(test_accuracy=row["test_accuracy"])
+      self.pending_row = row  # Written once the checkpoint is complete.
+      self.last_row = row
+      self.bar.write(_summary(row))
+      if progress.fit_step is not None:
+        logging.info("Train accuracy %.4f >= %.4f at step %d: stopping.", fit_accuracy,
+                     config.stop_at_train_accuracy, self.step)
+        break
+      if guard.stop_requested() and self.step < total:
+        self._flush()
+        self.ckpt.wait()
+        raise preemption.Preempted(f"{guard.signal_name} at step {self.step}")
+    return self.last_row
 
 
 def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
-
-
-def _check_finite(first_bad_step: int, workdir: str) -> None:
-  if first_bad_step >= 0:
-    raise FloatingPointError(
-        f"non-finite training loss at step {first_bad_step + 1}; stopping. The last good "
-        f"checkpoint in {workdir} is kept (lower config.learning_rate to continue).")
 
 
 def _summary(row: dict[str, Any]) -> str:
@@ -225,7 +374,7 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir of a different run, then writes config.json (process 0)."""
+  """Refuses a resume that would change the run's trajectory (see
+  workdir.check_resumable); config.json is written, or a resume's changes
+  recorded, by `run` once the checkpoint to continue from is known."""
   workdir_lib.check_resumable(config, workdir)
-  if jax.process_index() == 0:
-    workdir_lib.write_config(config, workdir)
