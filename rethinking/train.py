@@ -23,6 +23,7 @@ import numpy as np
 
 from rethinking import loop
 from rethinking import optim
+from rethinking import preemption
 from rethinking import step as step_lib
 from rethinking import validation
 from rethinking import workdir as workdir_lib
@@ -39,6 +40,12 @@ _INIT, _DATA, _AUGMENT, _DROPOUT = range(4)
 def load_data(config: ml_collections.ConfigDict) -> corruptions.Corrupted:
   """Loads the dataset, takes the seeded balanced subsets and applies the corruption."""
   ds = arrays.load_arrays(config.dataset, config.data_dir or None)
+  for field, split in (("num_train", "train"), ("num_test", "test")):
+    labels = getattr(ds, f"y_{split}")
+    if config[field] > labels.shape[0]:
+      raise ValueError(f"config.{field}={config[field]} is not allowed: expected 1.."
+                       f"{labels.shape[0]} (the {split} set's size of {config.dataset!r}), "
+                       "or 0 for all")
   if config.num_train:
     idx = arrays.balanced_subset(ds.y_train, config.num_train, config.seed)
     ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
@@ -46,7 +53,8 @@ def load_data(config: ml_collections.ConfigDict) -> corruptions.Corrupted:
     try:
       idx = arrays.balanced_subset(ds.y_test, config.num_test, config.seed)
     except ValueError as e:
-      raise ValueError(str(e).replace("config.num_train", "config.num_test")) from None
+      raise ValueError(str(e).replace("config.num_train", "config.num_test")
+                       .replace("the training set", "the test set")) from None
     ds = dataclasses.replace(ds, x_test=ds.x_test[idx], y_test=ds.y_test[idx])
   validation.check_data(config, ds)
   return corruptions.apply(ds, config.corruption, config.corrupt_prob, config.seed,
@@ -169,7 +177,8 @@ class InMemoryTask:
     self._eval_indices: dict[int, list[tuple[jax.Array, jax.Array]]] = {}
     self.run_info = {
         "num_train": num_train, "num_test": int(data.x_test.shape[0]),
-        "steps_per_epoch": self.steps_per_epoch, "data_fingerprint": data.fingerprint,
+        "steps_per_epoch": self.steps_per_epoch, "num_classes": num_classes,
+        "data_fingerprint": data.fingerprint,
         # Selected for corruption, and actually changed (a random class can be the true one).
         "label_selected_fraction": float(np.mean(data.corrupted_mask)),
         "label_noise": float(np.mean(data.changed_mask)),
@@ -229,6 +238,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The last metrics row.
   """
+  # SIGTERM/SIGINT from here on is a clean stop (exit 75) wherever it lands; the
+  # command line installs the same handler process-wide before its imports.
+  with preemption.PreemptionGuard():
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validation.check_config(config)
   # Everything is validated (config, data, workdir) before the workdir is touched.
   if config.get("pipeline", "in_memory") == "imagenet":
@@ -237,9 +253,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data = load_data(config)
     make_task = lambda: InMemoryTask(config, data)
   workdir_lib.check_resumable(config, workdir)
+  preemption.check("before the workdir was opened")
   with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
     loop.prepare_workdir(config, workdir)
     task = make_task()
+    preemption.check("before the first step")
     logging.info("Config (validated):\n%s", config)  # Logged only once it is known good.
     logging.info("Run: %s", json.dumps(task.run_info))
     return loop.run(config, workdir, task)
