@@ -52,6 +52,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.aux_loss_weight = 0.0
   config.weight_decay = 4e-5 if arg.wd else 0.0
   config.dropout_rate = 0.2 if arg.dropout else 0.0
+  # BatchNorm statistics over the global batch (True: one synchronous model, the same on
+  # any device layout) or over each device's own batch (False: closer to the paper's 50
+  # asynchronous workers, each normalizing by its own batch; 8 GPUs x 128 is not 50 x 32).
+  config.bn_sync = True
+  config.bn_momentum = 0.9997  # TF-slim Inception V3's batch_norm_decay (Keras: 0.99).
   config.half_precision = False  # bfloat16 compute on accelerators, float32 parameters.
 
   # Synchronous SGD standing in for the paper's asynchronous RMSProp/SGD on 50 workers.
@@ -78,4 +83,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.num_epochs = 2
     config.log_every_steps = 1
     config.checkpoint_every_steps = 0
+    config.bn_momentum = 0.9  # Running statistics that move within a few steps.
   return config

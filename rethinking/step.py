@@ -67,6 +67,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.
     state: the train state; `state.apply_fn` is the model's `apply`.
     batch: 'image' float [B, H, W, C] and 'label' int32 [B].
     dropout_rng: folded with the step, so a resumed run draws the same masks.
+      Under pmap it is the same on every device (see layers.ExampleDropout).
     axis_name: the pmap axis to average gradients and BN statistics over.
     aux_loss_weight: weight of an auxiliary head's loss (models returning
       (logits, aux_logits) in train mode, e.g. Inception V3 with aux_logits).
@@ -74,9 +75,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.
   Returns:
     The new state and metric sums over the (global) batch.
   """
+  # The same key on every device: the models' dropout keys each example by its index
+  # in the global batch (layers.ExampleDropout), so masks do not depend on the layout.
   rng = jax.random.fold_in(dropout_rng, state.step)
-  if axis_name is not None:  # Each device's shard of the batch gets its own dropout masks.
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):

@@ -132,3 +132,113 @@ def test_data_parallel_task_compiles_each_step_once(tmp_path, caplog):
   steps = [r.getMessage()[:80] for r in caplog.records
            if r.getMessage().startswith("Compiling") and "uint8[" in r.getMessage()]
   assert len(steps) == 2, steps  # The train step and the eval step, once each.
+
+
+# --- Device layout: dropout, per-device BatchNorm, input placement (issue 13) ---------------
+
+def _setup64(model_name, **model_kwargs):
+  """A float64 state and batch (see test_pmapped_step_equals_single_device_step for why)."""
+  model = get_model(model_name, num_classes=10, dtype=jnp.float64, **model_kwargs)
+  tx = optim.make_optimizer(optim.learning_rate_schedule(0.1, 0.95, 10), 0.9, 5e-4)
+  state = step_lib.create_train_state(jax.random.PRNGKey(0), model, (SIZE, SIZE, 3), tx)
+  cast = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)
+  params = cast(state.params)
+  state = state.replace(params=params, batch_stats=cast(state.batch_stats),
+                        opt_state=tx.init(params))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, (B,), dtype=np.int32)}
+  return model, state, batch
+
+
+@jax.jit
+def _single_step(state, batch, key):
+  return step_lib.train_step(state, dict(batch, image=parallel.to_inputs(batch["image"],
+                                                                         jnp.float64)), key)
+
+
+def _pmapped_step(model, state, batch, key):
+  state = jax.tree_util.tree_map(jnp.copy, state)  # The pmapped step donates its input.
+  pstate = state.replace(apply_fn=model.clone(axis_name=parallel.AXIS).apply)
+  train, _ = parallel.pmapped_steps(dtype=jnp.float64)
+  sharded = jax.tree_util.tree_map(lambda x: x.reshape(8, B // 8, *x.shape[1:]), batch)
+  return train(pstate, loop.train_sums(), sharded, key)
+
+
+def _updates(before, after):
+  return np.concatenate([np.ravel(np.asarray(a) - b) for b, a in
+                         zip(before, jax.tree_util.tree_leaves(after.params))])
+
+
+def test_dropout_masks_do_not_depend_on_the_device_layout():
+  """Example i of the global batch draws the same mask on 8 devices x 2 as on 1 x 16."""
+  from rethinking.models import layers  # pylint: disable=g-import-not-at-top
+  x, key = np.ones((B, 64), np.float32), jax.random.PRNGKey(7)
+  one = jax.jit(lambda x: layers.ExampleDropout(0.5).apply(
+      {}, x, deterministic=False, rngs={"dropout": key}))(x)
+  eight = jax.pmap(lambda x: layers.ExampleDropout(0.5, axis_name=parallel.AXIS).apply(
+      {}, x, deterministic=False, rngs={"dropout": key}), axis_name=parallel.AXIS)(
+          x.reshape(8, B // 8, 64))
+  np.testing.assert_array_equal(np.asarray(eight).reshape(B, 64), np.asarray(one))
+  kept = np.asarray(one) != 0
+  assert set(np.unique(np.asarray(one))) == {0.0, 2.0}  # Kept units scaled by 1 / 0.5.
+  assert 0.4 < kept.mean() < 0.6 and len({row.tobytes() for row in kept}) == B
+
+
+@pytest.mark.parametrize("model_name", ["inception_small", "mlp_1x512"])
+def test_pmapped_step_with_dropout_equals_single_device_step(model_name):
+  """8 devices = 1 device with dropout on (rate 0.5), in float64 as the test above."""
+  with jax.enable_x64(True):
+    model, state, batch = _setup64(model_name, dropout_rate=0.5)
+    before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
+    want, want_sums = _single_step(state, batch, jax.random.PRNGKey(1))
+    other, _ = _single_step(state, batch, jax.random.PRNGKey(2))  # Other masks.
+    got, got_sums = _pmapped_step(model, state, batch, jax.random.PRNGKey(1))
+  want_update = _updates(before, want)
+  error = np.linalg.norm(_updates(before, got) - want_update) / np.linalg.norm(want_update)
+  masks_matter = (np.linalg.norm(_updates(before, other) - want_update)
+                  / np.linalg.norm(want_update))
+  assert error <= 1e-5 and masks_matter > 1e-2, (error, masks_matter)
+  np.testing.assert_allclose(got_sums["loss"], want_sums["loss"], rtol=1e-5)
+
+
+def test_per_device_batch_norm_statistics():
+  """bn_sync=False: each device normalizes by its own 2 examples, as 8 separate
+  single-device steps would; the step still averages their gradients and running
+  statistics (one logical state). Linear in the gradients at the first step (the
+  momentum trace starts at zero), so the update is the mean of the 8 shards' updates."""
+  with jax.enable_x64(True):
+    model, state, batch = _setup64("inception_small", bn_sync=False)
+    before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
+    shards = [_single_step(state, {k: v[2 * d:2 * d + 2] for k, v in batch.items()},
+                           jax.random.PRNGKey(1)) for d in range(8)]
+    got, got_sums = _pmapped_step(model, state, batch, jax.random.PRNGKey(1))
+    synced, _ = _pmapped_step(model.clone(bn_sync=True), state, batch, jax.random.PRNGKey(1))
+  want_update = np.mean([_updates(before, s) for s, _ in shards], axis=0)
+  error = np.linalg.norm(_updates(before, got) - want_update) / np.linalg.norm(want_update)
+  global_bn = (np.linalg.norm(_updates(before, synced) - want_update)
+               / np.linalg.norm(want_update))
+  assert error <= 1e-5 and global_bn > 1e-2, (error, global_bn)
+  np.testing.assert_allclose(got_sums["loss"], sum(s["loss"] for _, s in shards), rtol=1e-9)
+  for got_leaf, *shard_leaves in zip(jax.tree_util.tree_leaves(got.batch_stats),
+                                     *(jax.tree_util.tree_leaves(s.batch_stats)
+                                       for s, _ in shards)):
+    np.testing.assert_allclose(got_leaf, np.mean(shard_leaves, axis=0), rtol=1e-9, atol=1e-12)
+
+
+def test_device_batches_place_each_slice_without_a_host_restack(monkeypatch):
+  batches = [{"image": np.full((8, 2, 4, 4, 3), i, np.uint8) + np.arange(8, dtype=np.uint8)
+              .reshape(8, 1, 1, 1, 1), "label": np.arange(16, dtype=np.int32).reshape(8, 2) + i}
+             for i in range(3)]
+
+  def no_stack(*args, **kwargs):
+    raise AssertionError("a host re-stack (np.stack) of the batch")
+  monkeypatch.setattr(np, "stack", no_stack)
+  placed = list(parallel.device_batches(iter(batches), size=2))
+  assert len(placed) == 3
+  for host, device in zip(batches, placed):
+    for key in host:
+      assert device[key].shape == host[key].shape
+      for shard in device[key].addressable_shards:
+        d = jax.local_devices().index(shard.device)
+        np.testing.assert_array_equal(np.asarray(shard.data)[0], host[key][d])

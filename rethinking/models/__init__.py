@@ -3,9 +3,11 @@
 All models share one interface (the training code relies on it):
   * `get_model(name, num_classes, **kwargs)` returns a `flax.linen.Module` with fields
     `num_classes`, `dropout_rate` (dropout right before the final Dense, train mode
-    only) and `dtype` (compute dtype; parameters stay float32); models with BatchNorm
-    also have `axis_name` (set it to the pmap/vmap axis so batch statistics are
-    averaged across devices; leave it None outside such a map) and `bn_momentum`.
+    only), `dtype` (compute dtype; parameters stay float32) and `axis_name` (the pmap
+    axis of a data-parallel step: dropout masks are keyed by each example's index in
+    the global batch along it, and BatchNorm averages its statistics over it; None
+    outside such a map); models with BatchNorm also have `bn_momentum` and `bn_sync`
+    (False: statistics over each device's own batch).
   * `module.apply(variables, x, train=..., rngs={'dropout': key},
     mutable=['batch_stats'])`, with `mutable` only for models with BatchNorm in train
     mode; x is float NHWC, already preprocessed. Logits are float32.
@@ -36,7 +38,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 # Options that only mean something to a model with BatchNorm.
-BATCH_NORM_OPTIONS = ("axis_name", "bn_momentum")
+BATCH_NORM_OPTIONS = ("bn_momentum", "bn_sync")
 MODELS_WITHOUT_BATCH_NORM = ("alexnet_small", "inception_small_nobn", "mlp_1x512", "mlp_3x512")
 
 
@@ -47,8 +49,8 @@ def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     name: a key of `MODELS`.
     num_classes: size of the logits.
     **kwargs: module fields (`dropout_rate`, `dtype`, `axis_name`, `bn_momentum`,
-      `aux_logits` for inception_v3). `axis_name` and `bn_momentum` are dropped for
-      models without BatchNorm, so one call can build any model of the zoo.
+      `bn_sync`, `aux_logits` for inception_v3). `bn_momentum` and `bn_sync` are
+      dropped for models without BatchNorm, so one call can build any model of the zoo.
 
   Returns:
     The unbound flax module.

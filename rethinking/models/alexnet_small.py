@@ -43,7 +43,7 @@ class AlexNetSmall(Classifier):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(dense(384)(x))
     x = nn.relu(dense(192)(x))
-    return logits_head(x, self.num_classes, self.dropout_rate, train)
+    return logits_head(x, self.num_classes, self.dropout_rate, train, axis_name=self.axis_name)
 
 
 def alexnet_small(num_classes: int = 10, **kwargs) -> AlexNetSmall:

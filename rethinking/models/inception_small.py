@@ -58,7 +58,8 @@ class InceptionSmall(BatchNormClassifier):
     x = conv(96, (3, 3))(x.astype(self.dtype))
     for block, *filters in BLOCKS:
       x = block(*filters)(x, conv)
-    return logits_head(global_mean_pool(x), self.num_classes, self.dropout_rate, train)
+    return logits_head(global_mean_pool(x), self.num_classes, self.dropout_rate, train,
+                       axis_name=self.axis_name)
 
 
 def inception_small(num_classes: int = 10, **kwargs) -> InceptionSmall:

@@ -138,7 +138,8 @@ class InceptionV3(BatchNormClassifier):
       x = block(*args, name=name)(x, conv)
       if name == AUX_AFTER and self.aux_logits:
         aux = AuxHead(self.num_classes, name="aux")(x, conv, train)
-    logits = logits_head(global_mean_pool(x), self.num_classes, self.dropout_rate, train)
+    logits = logits_head(global_mean_pool(x), self.num_classes, self.dropout_rate, train,
+                         axis_name=self.axis_name)
     return (logits, aux) if aux is not None and train else logits
 
 

@@ -29,13 +29,18 @@ class Classifier(nn.Module):
   num_classes: int
   dropout_rate: float = 0.0  # Dropout right before the final Dense, train mode only.
   dtype: Any = jnp.float32  # Compute dtype; parameters are float32.
+  # The pmap axis the global batch is split over: dropout keys each example by its index
+  # in the global batch along it (and BatchNorm averages its statistics over it).
+  axis_name: str | None = None
 
 
 class BatchNormClassifier(Classifier):
   """A Classifier built from ConvModules, with their BatchNorm options."""
 
-  axis_name: str | None = None  # The pmap/vmap axis to average batch statistics over.
   bn_momentum: float = 0.99
+  # Batch statistics over the global batch (every device along axis_name), or over each
+  # device's own batch (False: as each of the paper's asynchronous workers had).
+  bn_sync: bool = True
 
   def conv_module(self, train: bool, use_bn: bool = True):
     """`conv(features, kernel_size, ...)(x)` applies a ConvModule with this model's options.
@@ -45,7 +50,8 @@ class BatchNormClassifier(Classifier):
     """
     def conv(*args, **kwargs):
       module = ConvModule(*args, use_bn=use_bn, bn_momentum=self.bn_momentum,
-                          axis_name=self.axis_name, dtype=self.dtype, **kwargs)
+                          axis_name=self.axis_name if self.bn_sync else None,
+                          dtype=self.dtype, **kwargs)
       return functools.partial(module, train=train)
     return conv
 
@@ -179,16 +185,42 @@ class InceptionBlock(nn.Module):
     raise NotImplementedError
 
 
+class ExampleDropout(nn.Module):
+  """Dropout whose mask for an example depends on the example, not on the device layout.
+
+  flax's nn.Dropout draws one mask for the whole local batch from one key, so under
+  pmap a device's masks depend on how the global batch was split. Here example i of
+  the global batch (device d's example j is i = d * local_batch + j along axis_name)
+  draws its mask from fold_in(key, i): 8 devices x 2 examples get exactly the masks
+  of 1 device x 16, and a run resumed on another device count continues identically.
+  """
+
+  rate: float
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    index = jnp.arange(x.shape[0])
+    if self.axis_name is not None:
+      index = index + lax.axis_index(self.axis_name) * x.shape[0]
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self.make_rng("dropout"), index)
+    mask = jax.vmap(lambda key: jax.random.bernoulli(key, keep, x.shape[1:]))(keys)
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
 def logits_head(x, num_classes: int, dropout_rate: float, train: bool,
-               name: str | None = None):
+               name: str | None = None, axis_name: str | None = None):
   """Dropout (train mode only, when rate > 0) then a float32 Dense to logits.
 
   Call inside a compact `__call__`: the layers become the caller's submodules. The
   head runs in float32 so bfloat16 models still produce precise logits (cheap: it is
-  one small matmul).
+  one small matmul). `axis_name`: the model's, for ExampleDropout.
   """
   if dropout_rate > 0:
-    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+    x = ExampleDropout(dropout_rate, axis_name)(x, deterministic=not train)
   return nn.Dense(num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                   name=name)(x.astype(jnp.float32))
 

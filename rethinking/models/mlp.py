@@ -20,7 +20,7 @@ class MLP(Classifier):
     for _ in range(self.depth):
       x = nn.relu(nn.Dense(self.width, kernel_init=HIDDEN_INIT, dtype=self.dtype,
                            param_dtype=jnp.float32)(x))
-    return logits_head(x, self.num_classes, self.dropout_rate, train)
+    return logits_head(x, self.num_classes, self.dropout_rate, train, axis_name=self.axis_name)
 
 
 def mlp_1x512(num_classes: int = 10, **kwargs) -> MLP:
