@@ -99,6 +99,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.corruption = "partial_labels" if arg.p >= 0 else arg.corruption
   config.corrupt_prob = arg.p if arg.p >= 0 else 0.0
   config.corrupt_force_different = False  # True: a corrupted label never equals the true one.
+  config.resize = 0  # 0 = as stored; else images downscaled to resize x resize first (CPU scale).
   config.image_size = 28  # Center crop (eval) or random crop (augment) from 32x32.
   config.augment = "crop" if arg.crop else arg.augment  # none | crop | crop_flip | full
   config.rotation_degrees = 25.0  # Appendix E: rotation up to 25 degrees with augment=full.
@@ -117,7 +118,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.num_epochs = NUM_EPOCHS.get(arg.model, 100)
   config.stop_at_train_accuracy = 1.0 if arg.fit else 0.0  # 0 = off.
-  config.seed = 0
+  config.seed = 0  # Initialization, data order, dropout and augmentation.
+  config.data_seed = -1  # The subsets and the corruption; -1 = the same as seed.
 
   # Evaluation, logging and checkpoints.
   config.eval_batch_size = 1000

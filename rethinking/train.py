@@ -37,8 +37,18 @@ from rethinking.models import get_model
 _INIT, _DATA, _AUGMENT, _DROPOUT = range(4)
 
 
+def data_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of the data (subsets, corruption): `config.data_seed`, or `seed` when -1.
+
+  Separate from `seed` (initialization, order, dropout, augmentation), so that one
+  set of random labels can be trained from several initializations.
+  """
+  return config.seed if config.get("data_seed", -1) < 0 else config.data_seed
+
+
 def load_data(config: ml_collections.ConfigDict) -> corruptions.Corrupted:
-  """Loads the dataset, takes the seeded balanced subsets and applies the corruption."""
+  """Loads the dataset, takes the seeded balanced subsets, downscales the images if
+  asked (`config.resize`) and applies the corruption."""
   ds = arrays.load_arrays(config.dataset, config.data_dir or None)
   for field, split in (("num_train", "train"), ("num_test", "test")):
     labels = getattr(ds, f"y_{split}")
@@ -47,17 +57,19 @@ def load_data(config: ml_collections.ConfigDict) -> corruptions.Corrupted:
                        f"{labels.shape[0]} (the {split} set's size of {config.dataset!r}), "
                        "or 0 for all")
   if config.num_train:
-    idx = arrays.balanced_subset(ds.y_train, config.num_train, config.seed)
+    idx = arrays.balanced_subset(ds.y_train, config.num_train, data_seed(config))
     ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
   if config.num_test:
     try:
-      idx = arrays.balanced_subset(ds.y_test, config.num_test, config.seed)
+      idx = arrays.balanced_subset(ds.y_test, config.num_test, data_seed(config))
     except ValueError as e:
       raise ValueError(str(e).replace("config.num_train", "config.num_test")
                        .replace("the training set", "the test set")) from None
     ds = dataclasses.replace(ds, x_test=ds.x_test[idx], y_test=ds.y_test[idx])
+  if config.get("resize", 0):
+    ds = arrays.downscale(ds, config.resize)
   validation.check_data(config, ds)
-  return corruptions.apply(ds, config.corruption, config.corrupt_prob, config.seed,
+  return corruptions.apply(ds, config.corruption, config.corrupt_prob, data_seed(config),
                            force_different=config.corrupt_force_different)
 
 
@@ -273,6 +285,6 @@ def _data_parallel_task(config: ml_collections.ConfigDict):
       config.dataset, data_dir=config.data_dir or None, image_size=config.image_size,
       per_device_batch=per_device, eval_per_device_batch=eval_per_device,
       augment=config.augment != "none", corruption=config.corruption,
-      corrupt_prob=config.corrupt_prob, seed=config.seed, num_train=config.num_train,
+      corrupt_prob=config.corrupt_prob, seed=data_seed(config), num_train=config.num_train,
       min_image_size=1)  # validation.check_config owns the per-model minimum.
   return lambda: parallel.DataParallelTask(config, pipeline)

@@ -57,3 +57,38 @@ def test_remove_empty_dirs_keeps_folders_with_files(tmp_path):
   arrays._remove_empty_dirs(str(tmp_path / "k"))  # pylint: disable=protected-access
   assert not (tmp_path / "a").exists()
   assert (tmp_path / "k" / "keep.txt").exists() and not (tmp_path / "k" / "d").exists()
+
+
+def _config(**overrides):
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  config = cifar10.get_config("model=mlp_1x512,corruption=random_labels")
+  config.update({"dataset": "cifar10_sample", "num_train": 200, "num_test": 100, **overrides})
+  return config
+
+
+def test_data_seed_fixes_the_data_and_seed_the_rest():
+  """data_seed picks the subset and the random labels; seed alone leaves them as they are
+  (the same random labels trained from several initializations); -1 follows seed."""
+  from rethinking import train  # pylint: disable=g-import-not-at-top
+  base = train.load_data(_config(seed=0))
+  same_data = train.load_data(_config(seed=1, data_seed=0))
+  other_data = train.load_data(_config(seed=0, data_seed=1))
+  follows_seed = train.load_data(_config(seed=1))
+  assert base.fingerprint == same_data.fingerprint
+  np.testing.assert_array_equal(base.y_train, same_data.y_train)
+  assert other_data.fingerprint != base.fingerprint
+  assert follows_seed.fingerprint == train.load_data(_config(seed=0, data_seed=1)).fingerprint
+
+
+def test_resize_downscales_whole_images_by_area():
+  """resize=16 on 32x32 images: each pixel the mean of a 2x2 block (not a crop)."""
+  from rethinking import train  # pylint: disable=g-import-not-at-top
+  full = arrays.load_arrays("cifar10_sample")
+  small = train.load_data(_config(corruption="none", num_train=0, num_test=0, resize=16,
+                                  image_size=14))
+  assert small.x_train.shape == (1000, 16, 16, 3) and small.x_test.shape == (500, 16, 16, 3)
+  blocks = full.x_train.astype(np.float64).reshape(1000, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+  assert np.abs(small.x_train - blocks).max() <= 0.5 + 1e-9  # Rounded to uint8.
+  assert train.load_data(_config(resize=24, image_size=20)).x_train.shape == (200, 24, 24, 3)
+  with pytest.raises(ValueError, match=r"config.resize=40 is not allowed"):
+    train.load_data(_config(resize=40))

@@ -234,6 +234,33 @@ def _validate(arrays: dict[str, np.ndarray], name: str) -> ArrayDataset:
   return ArrayDataset(num_classes=num_classes, name=name, **arrays)
 
 
+def downscale(ds: ArrayDataset, size: int, chunk: int = 4096) -> ArrayDataset:
+  """Both splits' images shrunk to size x size by area, still uint8: where `size` divides
+  the image size each output pixel is the mean of its block (32 -> 16: 2x2 means);
+  otherwise JAX's antialiased linear resize.
+
+  A smaller image that still shows the whole picture, where a center crop of the
+  same size would cut most of it away: how small CPU-scale runs keep the conv nets
+  cheap. Done once, on the host, before any corruption.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def resize(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    if h < size or w < size:
+      raise ValueError(f"config.resize={size} is not allowed: larger than the {h}x{w} "
+                       f"images of {ds.name!r}")
+    if h % size == 0 and w % size == 0:
+      out = x.reshape(n, size, h // size, size, w // size, c).mean(axis=(2, 4))
+    else:
+      out = np.concatenate([np.asarray(jax.image.resize(
+          x[i:i + chunk].astype(np.float32), (min(chunk, n - i), size, size, c), "linear",
+          antialias=True)) for i in range(0, n, chunk)])
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+  return dataclasses.replace(ds, x_train=resize(ds.x_train), x_test=resize(ds.x_test))
+
+
 def balanced_subset(labels: np.ndarray, num: int, seed: int) -> np.ndarray:
   """Indices of a fixed, seeded, class-balanced subset of `num` examples.
 
