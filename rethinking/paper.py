@@ -35,6 +35,13 @@ FIGURE1A_KSTEPS = {"none": 4.7, "shuffled_pixels": 6.3, "gaussian_pixels": 8.6,
 
 # Figure 1b/1c: label corruption p = 0.0, 0.1, ..., 1.0.
 CORRUPTION_LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
+# Figure 1b's "time to overfit": steps until the training accuracy reaches this. Not 100%:
+# Table 1's own fitted random-label rows stop between 99.34% (mlp_1x512) and 100%, and
+# mlp_1x512 on random labels with the paper's recipe (all 50,000 images, learning rate
+# 0.01 x 0.95 per epoch) reached 98.6% at epoch 100, its rate then 6e-5: at 100% (or
+# 99%) the figure would have no point there. Every run reaches 98%; the report also
+# shows each run's time to 100% where it got there.
+FIT_THRESHOLD = 0.98
 # Time to overfit relative to p = 0; only Inception's curve is given in full.
 FIGURE1B = {
     "inception_small": (1.0, 1.6, 1.9, 2.2, 2.4, 2.5, 2.7, 2.9, 3.1, 3.6, 3.6),

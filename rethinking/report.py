@@ -109,6 +109,13 @@ def test_error(run: Run) -> float | None:
   return None if acc is None else 1.0 - acc
 
 
+def steps_to_accuracy(run: Run, threshold: float) -> int | None:
+  """Time to fit at `threshold`: the first epoch-end step whose training-set accuracy
+  (the eval-mode pass where there is one) reaches it; None if no epoch did."""
+  return next((r["step"] for r in run.rows
+               if (_first(r, "train_eval_accuracy", "train_accuracy") or 0) >= threshold), None)
+
+
 def loss_below_step(run: Run, threshold: float = paper.FIGURE1A_LOSS_THRESHOLD) -> int | None:
   """The first epoch-end step whose running train loss is below the threshold."""
   return next((r["step"] for r in run.rows if r.get("train_loss", 1e9) < threshold), None)
@@ -309,64 +316,94 @@ def figure1a(runs: list[Run], out: str) -> tuple[list[dict], Table] | None:
   return points, table
 
 
-def figure1bc(runs: list[Run], out: str) -> tuple[list[dict], list[dict], Table] | None:
-  """Time to overfit relative to p = 0 (1b) and test error at convergence (1c) against p."""
+def figure1bc(runs: list[Run], out: str, threshold: float = paper.FIT_THRESHOLD
+              ) -> tuple[list[dict], list[dict], Table] | None:
+  """Time to fit relative to p = 0 (1b) and test error at convergence (1c) against p.
+
+  Time to fit is `steps_to_accuracy(run, threshold)`: Figure 1b's points are at
+  `threshold`, and where that is below 100% the 100% points are drawn too (hollow).
+  """
   done = {(m, p): [r for r in select(runs, model=m, augment="none", wd=False, p=p, fit=True)
                    if r.finished and r.config["corruption"] in _LABEL_SETTINGS]
           for m in paper.FIGURE1B for p in paper.CORRUPTION_LEVELS}
   if not any(done.values()):
     return None
+  pct = f"{100 * threshold:g}%"
   fit_b, fit_c, table = [], [], Table(
-      "figure1bc", "Figures 1b and 1c: time to overfit relative to p = 0, and test error at "
-      "convergence (%), against label corruption p", ["model", "p", "time to fit (paper)",
-      "time to fit (ours)", "test error (paper)", "test error (ours)", "runs"], [], [])
+      "figure1bc", f"Figures 1b and 1c: time to fit (steps until train accuracy >= {pct}) "
+      "relative to p = 0, and test error at convergence (%), against label corruption p",
+      ["model", "p", "time to fit (paper)", f"time to {pct} (ours)", "time to 100% (ours)",
+       "test error (paper)", "test error (ours)", "runs"], [], [])
   table.placed += [r for rs in done.values() for r in rs]
   fig_b, ax_b = plt.subplots(figsize=(6, 4))
   fig_c, ax_c = plt.subplots(figsize=(6, 4))
+  thresholds = sorted({threshold, 1.0})
   for m in paper.FIGURE1B:
-    base = [r.fit_step for r in done[m, 0.0] if r.fit_step]
-    base = statistics.fmean(base) if base else None
-    curve_b, curve_c = [], []
+    base = {t: _mean_present([steps_to_accuracy(r, t) for r in done[m, 0.0]])
+            for t in thresholds}
+    curve_b = {t: [] for t in thresholds}
+    curve_c = []
     for i, p in enumerate(paper.CORRUPTION_LEVELS):
       rs = done[m, p]
-      ratios = [r.fit_step / base if r.fit_step and base else None for r in rs]
+      steps = {t: [steps_to_accuracy(r, t) for r in rs] for t in thresholds}
+      ratios = {t: [s / base[t] if s and base[t] else None for s in steps[t]]
+                for t in thresholds}
       errors = [test_error(r) for r in rs]
-      for r, ratio, error in zip(rs, ratios, errors):
+      for k, (r, error) in enumerate(zip(rs, errors)):
         common = {"model": m, "p": p, "seed": r.config["seed"]}
-        fit_b.append({**common, "fit_step": r.fit_step or "", "p0_fit_step_mean": base or "",
-                      "relative_time": ratio or "", "paper": paper.FIGURE1B[m][i] or ""})
-        fit_c.append({**common, "test_error": error, "fitted": r.fit_step is not None,
+        fit_b.append({**common, "fit_threshold": threshold,
+                      "steps_to_threshold": steps[threshold][k] or "",
+                      "p0_steps_mean": base[threshold] or "",
+                      "relative_time": ratios[threshold][k] or "",
+                      "steps_to_100": steps[1.0][k] or "", "relative_time_100": ratios[1.0][k] or "",
+                      "paper": paper.FIGURE1B[m][i] or ""})
+        fit_c.append({**common, "test_error": error, "fitted": steps[threshold][k] is not None,
                       "paper": paper.FIGURE1C[m][i] or ""})
-      curve_b.append((p, summary(ratios)))
+      for t in thresholds:
+        curve_b[t].append((p, summary(ratios[t])))
       curve_c.append((p, summary(errors)))
-      unfit = sum(r.fit_step is None for r in rs)
-      fit_text = cell(ratios, lambda x: f"{x:.2f}")
-      if rs and base is None:  # Time to fit is relative to p = 0: say what is needed.
-        fit_text = f"no p = 0 run to compare with (fit at step {rs[0].fit_step})"
-      if unfit:
-        fit_text += f"; {unfit} not fit in {rs[0].config['num_epochs']} epochs"
+      texts = []
+      for t in (threshold, 1.0):
+        text = cell(ratios[t], lambda x: f"{x:.2f}")
+        unfit = sum(s is None for s in steps[t])
+        if rs and base[t] is None:  # Time to fit is relative to p = 0: say what is needed.
+          text = f"no p = 0 run to compare with (step {steps[t][0] or '-'})"
+        elif unfit:
+          text += f"; {unfit} not reached in {rs[0].config['num_epochs']} epochs"
+        texts.append(text)
       table.rows.append([m, f"{p:.1f}", paper_cell(paper.FIGURE1B[m][i], lambda x: f"{x:.2f}"),
-                         fit_text, paper_cell(paper.FIGURE1C[m][i], lambda x: f"{100 * x:.1f}"),
+                         *texts, paper_cell(paper.FIGURE1C[m][i], lambda x: f"{100 * x:.1f}"),
                          cell(errors, lambda x: f"{100 * x:.1f}"), str(len(rs))])
-    _plot_against_p(ax_b, m, curve_b, paper.FIGURE1B[m])
+    _plot_against_p(ax_b, m, curve_b[threshold], paper.FIGURE1B[m], f"ours, {pct}")
+    if threshold < 1.0:
+      _plot_against_p(ax_b, m, curve_b[1.0], None, "ours, 100%", hollow=True)
     _plot_against_p(ax_c, m, curve_c, paper.FIGURE1C[m])
-  ax_b.set(xlabel="label corruption p", ylabel="time to overfit / time at p = 0",
+  ax_b.set(xlabel="label corruption p", ylabel=f"steps to {pct} train accuracy / at p = 0",
            title="Figure 1b: time to fit")
   ax_c.set(xlabel="label corruption p", ylabel="test error at convergence", ylim=(0, 1),
            title="Figure 1c: test error")
   ax_c.axhline(0.9, color="gray", lw=0.8, ls=":", label="chance")
   for fig, ax, name in ((fig_b, ax_b, "figure1b"), (fig_c, ax_c, "figure1c")):
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     _save(fig, os.path.join(out, f"{name}.png"))
   return fit_b, fit_c, table
 
 
-def _plot_against_p(ax, model: str, curve: list, paper_values: tuple) -> None:
+def _mean_present(values: list[float | None]) -> float | None:
+  present = [v for v in values if v]
+  return statistics.fmean(present) if present else None
+
+
+def _plot_against_p(ax, model: str, curve: list, paper_values: tuple | None,
+                    label: str = "ours", hollow: bool = False) -> None:
   """Ours (mean ± std over seeds; missing points left out) solid, the paper's dashed."""
   ours = [(p, s["mean"], s["std"] or 0.0) for p, s in curve if s["n"]]
   if ours:
     ax.errorbar(*zip(*ours), color=COLORS[model], marker="o", ms=4, capsize=2,
-                label=f"{model} (ours)")
+                mfc="none" if hollow else COLORS[model], ls=":" if hollow else "-",
+                label=f"{model} ({label})")
+  if paper_values is None:
+    return
   given = [(p, v) for p, v in zip(paper.CORRUPTION_LEVELS, paper_values) if v is not None]
   ax.plot(*zip(*given), color=COLORS[model], ls="--" if len(given) > 2 else "none",
           marker="x", alpha=0.6, label=f"{model} (paper)")
@@ -445,8 +482,11 @@ def _unplaced_section(runs: list[Run], placed: set[str]) -> list[str]:
   return lines + [""]
 
 
-def write_report(root: str, out: str) -> str:
-  """Writes the report of the runs under `root` to `out`; returns the path of index.md."""
+def write_report(root: str, out: str, fit_threshold: float = paper.FIT_THRESHOLD) -> str:
+  """Writes the report of the runs under `root` to `out`; returns the path of index.md.
+
+  `fit_threshold`: the train accuracy that defines Figure 1b's time to fit.
+  """
   os.makedirs(out, exist_ok=True)
   runs = [r for r in runs_lib.find_runs(root)
           if not os.path.abspath(r.workdir).startswith(os.path.abspath(out) + os.sep)]
@@ -481,7 +521,7 @@ def write_report(root: str, out: str) -> str:
   add_figure("figure1a", "Figure 1a: training loss", f1a and f1a[0], "figure1a")
   if f1a:
     add_table(f1a[1], "figure1a_steps.csv")
-  f1bc = figure1bc(runs, out)
+  f1bc = figure1bc(runs, out, fit_threshold)
   add_figure("figure1b", "Figure 1b: time to overfit", f1bc and f1bc[0], "figure1bc")
   add_figure("figure1c", "Figure 1c: test error at convergence", f1bc and f1bc[1], "figure1bc")
   if f1bc:
@@ -503,13 +543,16 @@ def write_report(root: str, out: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  print(f"wrote {write_report(FLAGS.root, FLAGS.out)}")
+  print(f"wrote {write_report(FLAGS.root, FLAGS.out, FLAGS.fit_threshold)}")
 
 
 def define_flags() -> None:
   """The command-line flags (defined only when run as a program, so modules can share names)."""
   flags.DEFINE_string("root", None, "Directory holding the runs (any depth).")
   flags.DEFINE_string("out", None, "Directory for the report (index.md, tables, figures, CSVs).")
+  flags.DEFINE_float("fit_threshold", paper.FIT_THRESHOLD,
+                     "Train accuracy that defines Figure 1b's time to fit (100% points are "
+                     "drawn too when it is lower).")
   flags.mark_flags_as_required(["root", "out"])
 
 

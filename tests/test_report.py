@@ -30,8 +30,11 @@ def curve(num_epochs, test=0.5, train=1.0, loss0=2.3, fit_epoch=None):
   rows = []
   for e in range(1, num_epochs + 1):
     acc = test * e / num_epochs
+    # A run that fits at `fit_epoch` is below every fit threshold until then.
+    train_acc = train if fit_epoch is None or e >= fit_epoch else 0.9
     rows.append({"epoch": e, "step": 10 * e, "train_loss": loss0 / 2 ** e,
-                 "train_accuracy": train, "train_eval_accuracy": train, "test_accuracy": acc,
+                 "train_accuracy": train_acc, "train_eval_accuracy": train_acc,
+                 "test_accuracy": acc,
                  "best_test_accuracy": acc, "test_top5_accuracy": min(1.0, 2 * acc)})
     if e == fit_epoch:
       rows[-1]["fit_step"] = 10 * e
@@ -119,16 +122,16 @@ def test_figure1bc_relative_time_and_test_error(out):
   times = {(r["p"], r["seed"]): r for r in read_csv(out / "figure1b.csv")}
   assert float(times["0.0", "0"]["relative_time"]) == pytest.approx(0.8)
   assert float(times["0.5", "0"]["relative_time"]) == pytest.approx(2.0)
-  assert times["0.5", "1"]["relative_time"] == "" and times["0.5", "1"]["fit_step"] == ""
+  assert times["0.5", "1"]["relative_time"] == "" and times["0.5", "1"]["steps_to_threshold"] == ""
   assert float(times["1.0", "0"]["relative_time"]) == pytest.approx(3.0)
   errors = {(r["p"], r["seed"]): float(r["test_error"]) for r in read_csv(out / "figure1c.csv")}
   # Fit at epoch 4 of 9 with test accuracy 0.4 * 4 / 9.
   assert errors["0.0", "0"] == pytest.approx(1 - 0.4 * 4 / 9)
   assert errors["1.0", "0"] == pytest.approx(1 - 0.1 * 15 / 20)
   rows = {(r[0], r[1]): r[2:] for r in table_rows(out / "figure1bc.md")}
-  assert rows["mlp_1x512", "1.0"][:2] == ["2.00", "3.00"]
-  assert rows["mlp_1x512", "0.5"][1] == "2.00 (1 of 2 runs); 1 not fit in 20 epochs"
-  assert rows["mlp_1x512", "0.3"] == ["—", "missing", "—", "missing", "0"]
+  assert rows["mlp_1x512", "1.0"][:3] == ["2.00", "3.00", "3.00"]
+  assert rows["mlp_1x512", "0.5"][1] == "2.00 (1 of 2 runs); 1 not reached in 20 epochs"
+  assert rows["mlp_1x512", "0.3"] == ["—", "missing", "missing", "—", "missing", "0"]
   assert rows["inception_small", "0.0"][1] == "missing"
 
 
@@ -183,9 +186,34 @@ def test_runs_not_made_by_a_sweep_are_placed_or_listed(tmp_path):
   assert row[5] == "100.00" and row[7] == "11.00"  # train (ours), test (ours)
   assert row[-1] == "1 (smaller: 1000 images, cifar10_sample)"
   f1bc = {(r[0], r[1]): r for r in table_rows(tmp_path / "out" / "figure1bc.md")}
-  assert f1bc["mlp_1x512", "1.0"][5] == "89.0"  # test error (ours), at p = 1
+  assert f1bc["mlp_1x512", "1.0"][6] == "89.0"  # test error (ours), at p = 1
   assert "no p = 0 run" in f1bc["mlp_1x512", "1.0"][3]
   text = open(index).read()
   assert "### Runs not placed" in text and "1 finished runs" in text
   assert "odd/seed0`: model=mlp_1x512, augment=full" in text
   assert "quickstart/seed0" not in text.split("### Runs not placed")[1]
+
+
+def test_time_to_fit_is_read_at_the_threshold_and_at_100_percent(tmp_path):
+  """Figure 1b's points are steps to `fit_threshold` train accuracy; a run that tops out
+  below 100% (as mlp_1x512 on random labels at paper scale: 98.6%) still has one."""
+  root = tmp_path / "runs"
+
+  def rows(accuracies):
+    return [{"epoch": e, "step": 10 * e, "train_loss": 1.0, "train_accuracy": a,
+             "train_eval_accuracy": a, "test_accuracy": 0.3, "best_test_accuracy": 0.3}
+            for e, a in enumerate(accuracies, start=1)]
+
+  write_run(root, "p0", "model=mlp_1x512,p=0.0,fit", rows([0.5, 0.985, 0.99, 1.0]),
+            num_epochs=4)
+  write_run(root, "p1", "model=mlp_1x512,p=1.0,fit", rows([0.3, 0.6, 0.9, 0.97, 0.981, 0.986]),
+            num_epochs=6)
+  report.write_report(str(root), str(tmp_path / "out"), fit_threshold=0.98)
+  times = {r["p"]: r for r in read_csv(tmp_path / "out" / "figure1b.csv")}
+  assert times["0.0"]["steps_to_threshold"] == "20" and times["0.0"]["steps_to_100"] == "40"
+  assert times["1.0"]["steps_to_threshold"] == "50" and times["1.0"]["steps_to_100"] == ""
+  assert float(times["1.0"]["relative_time"]) == pytest.approx(2.5)
+  table = {(r[0], r[1]): r[2:] for r in table_rows(tmp_path / "out" / "figure1bc.md")}
+  assert table["mlp_1x512", "1.0"][1:3] == [
+      "2.50", "missing (0 of 1 runs); 1 not reached in 6 epochs"]
+  assert report.steps_to_accuracy(report.runs_lib.read_run(str(root / "p0" / "seed0")), 1.0) == 40
