@@ -28,7 +28,8 @@ class WriteError(RuntimeError):
 MAY_NOT_CHANGE = (
     # The data and its randomization test.
     "dataset", "num_train", "num_test", "corruption", "corrupt_prob",
-    "corrupt_force_different", "image_size", "augment", "rotation_degrees", "pipeline",
+    "corrupt_force_different", "data_seed", "resize", "image_size", "augment",
+    "rotation_degrees", "pipeline",
     # The model and its regularizers.
     "model", "aux_loss_weight", "weight_decay", "dropout_rate", "bn_momentum",
     "bn_sync", "half_precision",
