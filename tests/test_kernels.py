@@ -8,6 +8,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from rethinking.theory import features, kernels, min_norm
 
@@ -92,15 +93,125 @@ def test_nystrom_preconditioner_cuts_cg_iterations():
   assert pre.iterations < plain.iterations / 5
 
 
-def test_memory_plan_for_full_mnist():
-  plan = kernels.plan_memory(60_000, np.float32, budget_bytes=20 * 10**9)
-  assert plan.kernel_bytes == 14_400_000_000
-  assert plan.solver == "cg"  # K and its factor need 28.8 GB
-  assert "14.40 GB" in plan.describe() and "conjugate gradient" in plan.describe()
-  assert plan.cg_bytes < 10**9
-  assert kernels.plan_memory(60_000, np.float32, budget_bytes=30 * 10**9).solver == "cholesky"
+def test_memory_plan_for_full_mnist_fits_24gb_and_solves_exactly():
+  # 90% of what a 24 GB machine has available (MemAvailable ~23 GB): the default budget.
+  budget = int(0.9 * 23e9)
+  for dim in (784, 3332):  # raw pixels, Gabor features
+    plan = kernels.plan_memory(60_000, np.float64, feature_dim=dim, num_test=10_000,
+                               budget_bytes=budget)
+    assert plan.solver == "mixed"  # the exact path: float64 accuracy, no jitter
+    assert plan.cholesky_bytes == 57_600_000_000  # float64 K and its factor: not an option
+    assert plan.mixed_bytes < 16e9 and plan.peak_bytes < budget < 24e9
+    assert "exact solve" in plan.describe() and "no jitter" in plan.describe()
+    assert plan.mixed_bytes >= 60_000**2 * 4  # the float32 array itself, 14.4 GB
+  # Too small a budget: blocked CG, K never formed.
+  small = kernels.plan_memory(60_000, np.float64, feature_dim=784, budget_bytes=10 * 10**9)
+  assert small.solver == "cg" and "conjugate gradient, K never formed" in small.describe()
+  assert small.cg_bytes < 2 * 10**9 and small.peak_bytes < 10 * 10**9
+  # Accelerators (float32 solves) have no mixed path.
+  plan32 = kernels.plan_memory(60_000, np.float32, budget_bytes=20 * 10**9)
+  assert plan32.kernel_bytes == 14_400_000_000 and plan32.solver == "cg"
+  assert kernels.plan_memory(60_000, np.float32, budget_bytes=40 * 10**9).solver == "cholesky"
   with pytest.raises(ValueError, match="known solvers"):
     kernels.plan_memory(10, np.float32, solver="lu")
+
+
+BW = 5.0  # with _clustered_problem: cond(K) ~ 3e6, like an image kernel's
+
+
+def _clustered_problem(n=600, d=10, seed=0):
+  """Clustered points: their Gaussian kernel at width BW is ill conditioned."""
+  rng = np.random.default_rng(seed)
+  centres = rng.standard_normal((30, d)) * 3
+  x = centres[rng.integers(0, 30, n)] + 0.3 * rng.standard_normal((n, d))
+  y = np.eye(10)[rng.integers(0, 10, n)]
+  return x.astype(np.float32), y
+
+
+def test_mixed_solver_matches_a_float64_reference_solve_without_jitter():
+  x, y = _clustered_problem()
+  k = kernels.Kernel("gaussian", BW)
+  x64 = x.astype(np.float64)
+  dense = _dense_gaussian(x64, x64, BW)
+  cond = np.linalg.cond(dense)
+  assert 1e5 < cond < 1e10  # float32 alone could not reach 1e-8
+  sol = kernels.solve(k, x, y, solver="mixed", block_size=128)
+  assert sol.solver == "mixed" and sol.dtype == "float64" and sol.alpha.dtype == np.float64
+  assert sol.jitter == 0 and sol.preconditioner_shift == 0  # nothing added anywhere
+  # Relative residual against the dense float64 matrix (not the solver's own products).
+  res = np.linalg.norm(dense @ sol.alpha - y) / np.linalg.norm(y)
+  assert res <= 1e-8 and sol.residual <= 1e-8
+  assert abs(res - sol.residual) < 1e-9
+  ref = np.linalg.solve(dense, y)
+  # Agreement with LAPACK's float64 solve, to what the conditioning allows.
+  err = np.linalg.norm(sol.alpha - ref) / np.linalg.norm(ref)
+  assert err < 1e-8 * cond
+  ref_chol = scipy.linalg.cho_solve(scipy.linalg.cho_factor(dense, lower=True), y)
+  np.testing.assert_allclose(sol.alpha, ref_chol, rtol=0, atol=1e-8 * cond * np.abs(ref).max())
+  np.testing.assert_allclose(sol.norm, np.sqrt(np.sum(ref * y)), rtol=1e-8)
+  np.testing.assert_allclose(sol.train_predictions, dense @ sol.alpha, rtol=0, atol=1e-10)
+  assert sol.iterations <= 12
+
+
+def test_mixed_solver_ridge_and_linear_kernel():
+  x, y = _clustered_problem(n=300, seed=1)
+  x64 = x.astype(np.float64)
+  dense = _dense_gaussian(x64, x64, BW)
+  ridge = kernels.solve(kernels.Kernel("gaussian", BW), x, y, l2=0.1, solver="mixed")
+  ref = np.linalg.solve(dense + 0.1 * np.eye(300), y)
+  assert ridge.jitter == 0 and ridge.residual <= 1e-8
+  assert np.linalg.norm((dense + 0.1 * np.eye(300)) @ ridge.alpha - y) <= 1e-8 * np.linalg.norm(y)
+  np.testing.assert_allclose(ridge.alpha, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+  # A linear kernel on more dimensions than points: the min-norm interpolant, X^T alpha.
+  rng = np.random.default_rng(2)
+  xl, yl = rng.standard_normal((40, 100)).astype(np.float32), rng.standard_normal((40, 2))
+  lin = kernels.solve(kernels.Kernel("linear"), xl, yl, solver="mixed")
+  assert lin.residual <= 1e-8
+  np.testing.assert_allclose(xl.T.astype(np.float64) @ lin.alpha,
+                             min_norm.min_norm_solution(xl.astype(np.float64), yl), rtol=1e-7)
+
+
+def test_float32_factor_is_in_place_and_the_products_match_dense():
+  x, y = _clustered_problem(n=257, seed=3)
+  x64 = x.astype(np.float64)
+  k = kernels.Kernel("gaussian", BW)
+  dense = _dense_gaussian(x64, x64, BW)
+  # 257 rows in blocks of 64: a ragged last block.
+  c, info = kernels.factor_float32(k, x, block_size=64)
+  assert info == 0 and c.dtype == np.float32 and c.flags.f_contiguous
+  low = np.tril(c).astype(np.float64)
+  assert np.abs(low @ low.T - dense).max() < 1e-5  # a float32 factor of K
+  v = np.random.default_rng(0).standard_normal((257, 3))
+  np.testing.assert_allclose(kernels.symmetric_matvec64(k, x, v, tile=64), dense @ v,
+                             rtol=0, atol=1e-12 * np.abs(dense @ v).max() * 257)
+  x2 = x[:50] + 0.1
+  np.testing.assert_allclose(kernels.rect_matvec64(k, x2, x, v, tile=16),
+                             _dense_gaussian(x2.astype(np.float64), x64, BW) @ v, rtol=1e-12,
+                             atol=1e-13)
+  # A breakdown in float32 is reported, not hidden: duplicated points make K singular.
+  dup = np.concatenate([x, x[:5]])
+  assert kernels.factor_float32(k, dup, block_size=64)[1] > 0
+
+
+def test_mixed_solver_falls_back_to_a_shifted_preconditioner_not_jitter():
+  # Three near-duplicate points: K is positive definite in float64 (cond ~2e8) but
+  # float32 Cholesky breaks down on it.
+  x, y = _clustered_problem(n=200, seed=4)
+  x = np.concatenate([x, x[:3] + np.float32(3e-3)])
+  y = np.concatenate([y, y[3:6]])
+  k = kernels.Kernel("gaussian", BW)
+  assert kernels.factor_float32(k, x)[1] > 0
+  sol = kernels.solve(k, x, y, solver="mixed")
+  assert sol.jitter == 0 and sol.preconditioner_shift > 0
+  dense = _dense_gaussian(x.astype(np.float64), x.astype(np.float64), BW)
+  assert sol.residual <= 1e-8
+  assert np.linalg.norm(dense @ sol.alpha - y) / np.linalg.norm(y) <= 1e-8
+
+
+def test_median_bandwidth_is_half_the_median_distance():
+  x = np.random.default_rng(0).standard_normal((300, 5))
+  d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))[np.triu_indices(300, 1)]
+  np.testing.assert_allclose(kernels.median_bandwidth(x), 0.5 * np.median(d), rtol=1e-6)
 
 
 def test_linear_kernel_interpolant_is_the_min_norm_solution():
@@ -179,4 +290,6 @@ def test_command_line_writes_json(tmp_path):
   assert result["solver"] == "cholesky" and result["residual"] < 1e-8
   assert 0 <= result["test_error"] < 0.5 and result["norm"] > 0
   assert result["memory"]["kernel_bytes"] == 200 * 200 * 8
-  assert {"time_s", "feature_dim", "bandwidth", "train_error"} <= result.keys()
+  assert {"time_s", "feature_dim", "bandwidth", "gamma", "train_error"} <= result.keys()
+  assert result["jitter"] == 0 and result["preconditioner_shift"] == 0
+  assert 0 < result["memory"]["peak_rss_bytes"] < 4e9
