@@ -296,10 +296,23 @@ class Checkpointer:
         self.manager.reload()
     return None
 
+  def set_aside(self, first: int, folder: str) -> list[int]:
+    """Moves the checkpoints of steps >= `first` to <workdir>/<folder>/ (diverged
+    states: kept for a look, never restored); returns their steps."""
+    moved = [s for s in self.steps() if s >= first]
+    for step in moved:
+      self._move(step, folder, "of a diverged state")
+    if moved:
+      self.manager.reload()
+    return moved
+
   def _quarantine(self, step: int, error: BaseException) -> str:
-    """Moves a damaged step directory to a fresh name under CORRUPT_DIR."""
+    return self._move(step, CORRUPT_DIR, f"is damaged ({describe_error(error)}) and")
+
+  def _move(self, step: int, folder: str, why: str) -> str:
+    """Moves a step directory to a fresh name under <workdir>/<folder>."""
     src = os.path.join(self.directory, str(step))
-    base = os.path.join(self.workdir, CORRUPT_DIR, str(step))
+    base = os.path.join(self.workdir, folder, str(step))
     dest, n = base, 0
     while os.path.lexists(dest):  # Damaged again later: never into the older copy.
       n += 1
@@ -311,16 +324,14 @@ class Checkpointer:
       os.rename(src, dest)  # Same filesystem: atomic, nothing copied.
     except OSError as e:
       if e.errno != 18:  # EXDEV: checkpoints/ is a separate mount; copy, then delete.
-        raise WriteError(f"the checkpoint of step {step} is damaged "
-                         f"({describe_error(error)}) and cannot be moved from {src} to "
-                         f"{dest}: {describe_error(e)}") from None
+        raise WriteError(f"the checkpoint of step {step} {why} cannot be moved from {src} "
+                         f"to {dest}: {describe_error(e)}") from None
       try:
         shutil.copytree(src, dest)
         shutil.rmtree(src)
       except OSError as e2:
-        raise WriteError(f"the checkpoint of step {step} is damaged "
-                         f"({describe_error(error)}) and cannot be moved from {src} to "
-                         f"{dest}: {describe_error(e2)}") from None
+        raise WriteError(f"the checkpoint of step {step} {why} cannot be moved from {src} "
+                         f"to {dest}: {describe_error(e2)}") from None
     return dest
 
   def close(self) -> None:

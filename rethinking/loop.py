@@ -16,9 +16,8 @@ everything that must be the same for all of them:
   running metric sums of a partly finished epoch, so a resumed run continues
   bit for bit; a failed write stops the run (WriteError, exit 1);
 - SIGTERM/SIGINT: stop after the dispatch in flight, save, flush, raise Preempted;
-- divergence (a non-finite loss, or a log interval's mean loss above
-  DIVERGED_LOSS_FACTOR * ln(classes)): stop without saving the diverged state,
-  naming the last healthy checkpoint;
+- divergence (a step's loss non-finite or above LOSS_LIMIT): stop, set aside any
+  checkpoint of a diverged state, name the last healthy checkpoint;
 - `stop_at_train_accuracy` (time to fit) and the best test accuracy (early stopping).
 """
 
@@ -44,12 +43,16 @@ from rethinking import preemption
 from rethinking import workdir as workdir_lib
 
 SUM_KEYS = ("loss", "correct", "correct_top5", "count")
-NONFINITE = "first_nonfinite_step"  # In train sums: the first step with a NaN/inf loss, or -1.
-# A log interval whose mean training loss exceeds this many times ln(classes) (the
-# loss of a uniform guess; 23 for 10 classes) has diverged: its state is not saved,
-# so the last checkpoint is one a lower learning rate can continue from. (With
-# learning_rate=5 the MLP's loss went 2.3 -> 1e4 -> 1e35 -> inf over a few epochs.)
-DIVERGED_LOSS_FACTOR = 10.0
+# In train sums: the first step whose loss is not finite or above LOSS_LIMIT, or -1.
+# (Its state, the one that loss was computed on, is the first diverged one.)
+NONFINITE = "first_nonfinite_step"
+# A step's mean loss above this has diverged: 100 nats is 43x the loss of a uniform
+# guess over 10 classes (ln 10) and 14x over 1,000. Checked on the device at every
+# step, so the first diverged state is known exactly and no checkpoint of it or
+# after it is kept: the last checkpoint is one a lower learning rate can continue
+# from. (With learning_rate=5 the MLP's loss went 2.3 -> 1e4 -> 1e35 -> inf.)
+LOSS_LIMIT = 100.0
+DIVERGED_DIR = "checkpoints_diverged"
 # One compiled call, not an eager op per parameter array (~20 ms per epoch on a CPU).
 _global_norm = jax.jit(optax.global_norm)
 
@@ -92,14 +95,15 @@ def train_sums(saved: dict[str, float] | None = None) -> dict[str, jax.Array]:
 
 def accumulate(sums: dict[str, jax.Array], step_sums: dict[str, jax.Array],
                step: jax.Array) -> dict[str, jax.Array]:
-  """`sums` plus one train step's metric sums; notes `step` if its loss is not finite.
+  """`sums` plus one train step's metric sums; notes `step` if its loss diverged.
 
   Pure, and called inside the jitted step with `sums` donated: adding on the host
   between dispatches (eager ops waiting on the step's output) stalled the device
   queue, +26-30% on a CIFAR epoch on a 2-core CPU.
   """
   bad = sums[NONFINITE]
-  bad = jnp.where((bad < 0) & ~jnp.isfinite(step_sums["loss"]), step, bad)
+  mean = step_sums["loss"] / jnp.maximum(step_sums["count"], 1.0)
+  bad = jnp.where((bad < 0) & ~(mean <= LOSS_LIMIT), step, bad)  # NaN fails <= too.
   return dict({k: sums[k] + step_sums[k] for k in SUM_KEYS},
               **{NONFINITE: bad.astype(jnp.int32)})
 
@@ -162,8 +166,6 @@ class _Run:
     self.spe = task.steps_per_epoch
     self.pending_row: dict[str, Any] | None = None  # Written once its checkpoint is complete.
     self.last_row: dict[str, Any] = {}
-    num_classes = task.run_info.get("num_classes", 10)
-    self.loss_bound = DIVERGED_LOSS_FACTOR * math.log(max(num_classes, 2))
 
   def run(self) -> dict[str, Any]:
     config, workdir, task = self.config, self.workdir, self.task
@@ -210,8 +212,9 @@ class _Run:
     if self.is_main:
       workdir_lib.record_config(config, workdir, self.step)
     self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
-    if restored is None and (had_checkpoints or self.writer.last_step()):
-      logging.warning("Starting from step 0: no intact checkpoint in %s.", self.ckpt.directory)
+    if restored is None and not had_checkpoints and self.writer.last_step():
+      # (Damaged checkpoints said so in their own line.)
+      logging.warning("Starting from step 0: no checkpoint in %s.", self.ckpt.directory)
     dropped = self.writer.truncate_after(self.step)
     if dropped:
       logging.warning("metrics.jsonl had rows up to step %d but the newest intact checkpoint "
@@ -246,35 +249,37 @@ class _Run:
       self.writer.write(self.pending_row)
       self.pending_row = None
 
-  def _healthy_step(self) -> str:
-    """Where the run can continue from, for the divergence message."""
+  def _diverged(self, what: str, first_bad: int) -> Diverged:
+    """Sets aside checkpoints of states from `first_bad` on and their rows; says
+    where the run can continue from."""
     try:
       self.ckpt.wait()
     except checkpoint.WriteError:
       pass
+    self.pending_row = None
+    moved = self.ckpt.set_aside(first_bad, DIVERGED_DIR) if self.is_main else []
+    if moved:
+      logging.warning("Checkpoint(s) of diverged states moved to %s: steps %s.",
+                      DIVERGED_DIR, ", ".join(map(str, moved)))
+    self.writer.truncate_after(first_bad - 1)
     steps = self.ckpt.steps()
     lr = self.config.learning_rate
     if not steps:
-      return (f"No checkpoint was saved before it, so nothing is kept: start again with a "
-              f"lower learning rate (e.g. --config.learning_rate={lr / 10:g}); the workdir "
-              "takes a new config while it holds nothing trained.")
-    return (f"The last healthy checkpoint is step {steps[-1]} in {self.ckpt.directory}: "
-            f"continue from it with a lower learning rate, e.g. "
-            f"--config.learning_rate={lr / 10:g} --config.allow_config_change=True.")
+      advice = (f"No checkpoint was saved before it, so nothing is kept: start again with a "
+                f"lower learning rate (e.g. --config.learning_rate={lr / 10:g}); the workdir "
+                "takes a new config while it holds nothing trained.")
+    else:
+      advice = (f"The last healthy checkpoint is step {steps[-1]} in {self.ckpt.directory}: "
+                f"continue from it with a lower learning rate, e.g. "
+                f"--config.learning_rate={lr / 10:g} --config.allow_config_change=True.")
+    return Diverged(f"training diverged: {what}; stopping. {advice}")
 
-  def _check_health(self, sums, interval: dict[str, float]) -> None:
-    """Raises Diverged on a non-finite loss or an interval mean above the bound."""
+  def _check_health(self, sums) -> None:
+    """Raises Diverged if a step's loss was non-finite or above LOSS_LIMIT."""
     first_bad = int(sums[NONFINITE])
     if first_bad >= 0:
-      raise Diverged(f"non-finite training loss at step {first_bad + 1}; stopping. "
-                     + self._healthy_step())
-    loss, count = float(sums["loss"]), float(sums["count"])
-    mean = (loss - interval["loss"]) / max(count - interval["count"], 1.0)
-    interval.update(loss=loss, count=count)
-    if not mean <= self.loss_bound:  # Also catches an overflow to inf in the sum.
-      raise Diverged(f"training diverged: mean loss {mean:.4g} over the steps up to "
-                     f"{self.step} (above {self.loss_bound:.3g} = {DIVERGED_LOSS_FACTOR:g} x "
-                     "ln(classes)); stopping without saving it. " + self._healthy_step())
+      raise self._diverged(f"the loss of step {first_bad + 1} is non-finite or above "
+                           f"{LOSS_LIMIT:g}", first_bad)
 
   def wall(self) -> float:
     return self.wall_offset + time.time() - self.start_time
@@ -291,7 +296,6 @@ class _Run:
 
     for epoch in range(self.step // spe, 0 if finished else config.num_epochs):
       sums = train_sums(progress.train_sums)  # On device; read only at sync points.
-      interval = {k: float(sums[k]) for k in ("loss", "count")}
       self.bar.set_description(f"epoch {epoch + 1}/{config.num_epochs}")
       epoch_end = (epoch + 1) * spe
       in_flight = None  # The previous dispatch's done-marker.
@@ -316,7 +320,7 @@ class _Run:
         at_sync = step % config.log_every_steps == 0 or step == epoch_end or at_checkpoint
         stop = guard.stop_requested(collective=at_sync)
         if at_sync or stop:
-          self._check_health(sums, interval)  # The one host sync per log interval.
+          self._check_health(sums)  # The one host sync per log interval.
           self.bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['count']), 1):.4f}")
         if step != epoch_end and (at_checkpoint or stop):
           progress.train_sums = {k: float(sums[k]) for k in SUM_KEYS}
@@ -331,12 +335,14 @@ class _Run:
              "learning_rate": float(task.learning_rate_fn(epoch * spe)),
              **means(sums, "train"), **task.evaluate(self.state)}
       row.update(param_norm=float(_global_norm(self.state.params)))
+      # The saved state's own numbers (the train losses were of earlier states).
       bad = [k for k in ("train_eval_loss", "test_loss", "param_norm")
              if row.get(k) is not None and not math.isfinite(row[k])]
+      if not row.get("train_eval_loss", 0.0) <= LOSS_LIMIT:
+        bad.append("train_eval_loss")
       if bad:
-        raise Diverged(f"training diverged: {bad[0]}={row[bad[0]]} at the end of epoch "
-                       f"{epoch + 1} (step {self.step}); stopping without saving it. "
-                       + self._healthy_step())
+        raise self._diverged(f"{bad[0]}={row[bad[0]]} at the end of epoch {epoch + 1} (step "
+                             f"{self.step})", self.step)
       if row["test_accuracy"] > progress.best_test_accuracy:
         progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
       fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])

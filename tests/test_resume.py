@@ -161,9 +161,9 @@ def test_resume_with_a_different_experiment_is_refused(tmp_path, reference):
   proc = run_main(workdir, ARG.replace("mlp_1x512", "mlp_3x512"), *_overrides(), check=False)
   assert proc.returncode == 2
   assert "model: 'mlp_1x512' in the workdir, 'mlp_3x512' now" in proc.stderr
-  assert "allow_config_change" in proc.stderr
   proc = run_main(workdir, ARG, *_overrides(seed=1), check=False)
   assert proc.returncode == 2 and "seed: 0 in the workdir, 1 now" in proc.stderr
+  assert "allow_config_change" in proc.stderr
   assert (workdir / "config.json").read_text() == before
   # More epochs is the same experiment, continued.
   run_main(workdir, ARG, *_overrides(num_epochs=EPOCHS + 1))
@@ -175,13 +175,16 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
   workdir = tmp_path / "nan"
   run_main(workdir, ARG, *_overrides(num_epochs=1))
   good = _checkpoint_steps(workdir)
-  proc = run_main(workdir, ARG, *_overrides(num_epochs=3, learning_rate=1e12), check=False)
+  proc = run_main(workdir, ARG, *_overrides(num_epochs=3, learning_rate=1e12,
+                                            allow_config_change=True), check=False)
   assert proc.returncode == 1
-  assert "non-finite training loss at step" in proc.stderr
-  bad_step = int(proc.stderr.split("non-finite training loss at step ")[1].split(";")[0])
+  bad_step = int(proc.stderr.split("training diverged: the loss of step ")[1].split()[0])
   assert STEPS_PER_EPOCH < bad_step <= 3 * STEPS_PER_EPOCH
-  assert _checkpoint_steps(workdir)[-1] < bad_step
-  assert good[-1] in _checkpoint_steps(workdir)  # Nothing good was replaced by a bad state.
+  assert f"The last healthy checkpoint is step {good[-1]}" in proc.stderr
+  # The mid-epoch checkpoint of step 9 (saved before step 10's loss showed its state
+  # diverged) is set aside, not kept as the newest.
+  assert _checkpoint_steps(workdir)[-1] == good[-1]
+  assert sorted(p.name for p in (workdir / "checkpoints_diverged").iterdir()) == ["9"]
   assert [r["epoch"] for r in read_metrics(workdir)] == [1]
 
 
