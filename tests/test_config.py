@@ -127,3 +127,47 @@ def test_cli_reports_bad_input_and_typos(tmp_path):
   assert not (tmp_path / "run").exists()
   proc = run_main(tmp_path / "run", "model=mlp_1x512", "--config.nmu_epochs=3", check=False)
   assert proc.returncode != 0 and "nmu_epochs" in proc.stderr
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"learning_rate": float("inf")}, r"config.learning_rate=inf .*finite"),
+    ({"weight_decay": float("nan")}, r"config.weight_decay=nan .*finite"),
+    ({"bn_momentum": 5.0}, r"config.bn_momentum=5.0 .*\[0, 1\)"),
+    ({"corruption": "partial_labels", "corrupt_prob": -1.0},
+     r"config.corrupt_prob=-1.0 .*partial_labels needs its probability"),
+    ({"corruption": "random_labels", "corrupt_prob": 0.3},
+     r"config.corrupt_prob=0.3 .*only corruption=partial_labels reads it"),
+    ({"num_test": 5000}, r"config.num_test=5000 .*1..20 \(the test set's size"),
+    ({"num_train": 5000}, r"config.num_train=5000 .*1..40 \(the train set's size"),
+])
+def test_out_of_range_fields_fail_before_the_workdir_exists(tmp_path, changes, message):
+  """Issue 15, item 8: each is one ValueError (exit 2 on the command line) naming the
+  field, its value and what is allowed, raised before the workdir is created."""
+  data = _write_npz(tmp_path / "data.npz")
+  config = _config(data, **dict({"num_train": 0, "num_test": 0, "batch_size": 8}, **changes))
+  with pytest.raises(ValueError, match=message) as e:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"x_train": np.zeros((0, 32, 32, 3), np.uint8), "y_train": np.zeros((0,), np.int64)},
+     r"data.npz.*x_train .*hold no examples"),
+    ({"y_train": np.full(40, 3)}, r"data.npz.*y_train has a single class"),
+])
+def test_empty_or_one_class_data_fails_before_the_workdir_exists(tmp_path, changes, message):
+  data = _write_npz(tmp_path / "data.npz", **changes)
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(_config(data, num_train=0, num_test=0, batch_size=8),
+                             str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_cli_out_of_range_field_is_one_error_line_exit_2(tmp_path):
+  proc = run_main(tmp_path / "run", "model=mlp_1x512", "--config.learning_rate=inf",
+                  check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "config.learning_rate=inf" in errors[0] and "finite" in errors[0]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
