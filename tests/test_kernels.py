@@ -188,20 +188,35 @@ def test_float32_factor_is_in_place_and_the_products_match_dense():
   np.testing.assert_allclose(kernels.rect_matvec64(k, x2, x, v, tile=16),
                              _dense_gaussian(x2.astype(np.float64), x64, BW) @ v, rtol=1e-12,
                              atol=1e-13)
-  # A breakdown in float32 is reported, not hidden: duplicated points make K singular.
-  dup = np.concatenate([x, x[:5]])
-  assert kernels.factor_float32(k, dup, block_size=64)[1] > 0
+  # A breakdown is reported, not hidden: LAPACK's info, offset to the failing column.
+  bad = np.asfortranarray(np.eye(200, dtype=np.float32))
+  bad[150, 150] = -1
+  assert kernels.cholesky_in_place(bad, block_size=64) == 151
+  with pytest.raises(ValueError, match="Fortran"):
+    kernels.cholesky_in_place(np.eye(3, dtype=np.float32)[:, ::2].copy(order="C"))
+  # The blocked factor is LAPACK's, and solves with it are float32-accurate.
+  a = np.asfortranarray(dense.astype(np.float32))
+  assert kernels.cholesky_in_place(a, block_size=100) == 0
+  np.testing.assert_allclose(np.tril(a), np.linalg.cholesky(dense.astype(np.float32)),
+                             rtol=0, atol=1e-3)
+  r = np.random.default_rng(1).standard_normal((257, 2))
+  np.testing.assert_allclose(kernels.cholesky_solve_in_place(a, r, block_size=100),
+                             np.linalg.solve(low @ low.T, r), rtol=1e-3, atol=1e-3 *
+                             np.abs(np.linalg.solve(low @ low.T, r)).max())
 
 
-def test_mixed_solver_falls_back_to_a_shifted_preconditioner_not_jitter():
-  # Three near-duplicate points: K is positive definite in float64 (cond ~2e8) but
-  # float32 Cholesky breaks down on it.
+def test_mixed_solver_falls_back_to_a_shifted_preconditioner_not_jitter(monkeypatch):
+  # Near-duplicate points: K is positive definite in float64 (cond ~2e8). Whether float32
+  # Cholesky of K breaks down depends on the BLAS's rounding, so the breakdown is forced.
   x, y = _clustered_problem(n=200, seed=4)
   x = np.concatenate([x, x[:3] + np.float32(3e-3)])
   y = np.concatenate([y, y[3:6]])
-  k = kernels.Kernel("gaussian", BW)
-  assert kernels.factor_float32(k, x)[1] > 0
-  sol = kernels.solve(k, x, y, solver="mixed")
+  factor = kernels.factor_float32
+  def breaks_without_shift(kernel, x, *, shift=0.0, block_size=1024):
+    c, info = factor(kernel, x, shift=shift, block_size=block_size)
+    return c, (info or 7) if shift == 0 else info
+  monkeypatch.setattr(kernels, "factor_float32", breaks_without_shift)
+  sol = kernels.solve(kernels.Kernel("gaussian", BW), x, y, solver="mixed")
   assert sol.jitter == 0 and sol.preconditioner_shift > 0
   dense = _dense_gaussian(x.astype(np.float64), x.astype(np.float64), BW)
   assert sol.residual <= 1e-8

@@ -280,7 +280,7 @@ def plan_memory(num_train: int, dtype, *, feature_dim: int = 0, num_test: int = 
   # float32 features of train and test, and the float64 copy the solve makes of the train set.
   feature_bytes = (n + num_test) * d * 4 + n * d * itemsize
   tile = min(MIXED_TILE, n)
-  mixed_bytes = (n * n * 4  # K's triangle, then the factor, in place
+  mixed_bytes = (n * n * 4  # the n x n float32 array: K's lower triangle, then L
                  + 3 * min(block_size, n) * n * 4  # panels of rows being written or updated
                  + 3 * tile * tile * 8 + 2 * tile * d * 8  # float64 tiles of K and of features
                  + 12 * n * k * 8)  # CG's vectors
@@ -534,7 +534,8 @@ def factor_float32(kernel: Kernel, x: np.ndarray, *, shift: float = 0.0,
   One n x n float32 array `a` (C order) is allocated; row block i of its upper triangle,
   a[i0:i1, i0:], gets K(x[i0:i1], x[i0:]) (float32 BLAS), so a.T, a Fortran-order view, holds
   K's lower triangle, which `cholesky_in_place` overwrites with L, K = L L^T. The other
-  triangle is never written (pages of it that no row reaches are never even touched).
+  triangle is never written, but count it as resident: numpy backs large arrays with huge
+  pages, and every 2 MB page holds part of some row's written half.
 
   Returns:
     (the Fortran-order n x n view whose lower triangle is L, info: 0 on success, j > 0
