@@ -21,9 +21,10 @@ wrong for one task per node (every node would train on its GPU 0 alone). Here
 a task's GPUs follow from how many tasks share its node and how many GPUs it
 sees. TPUs are never restricted: each worker process drives all of its chips.
 
-`python -m rethinking.distributed --explain --config=<config> [flags]` prints
-this process's plan, the devices it would use, the batch split and the scaled
-learning rate, without joining anything (run it under `srun` for every task).
+`python -m rethinking.main <the run's flags> --dry_run` (or `python -m
+rethinking.distributed --explain --config=<config> [flags]`) prints this process's
+plan, the devices it would use, the batch split and the scaled learning rate,
+without joining anything or training (run it under `srun` for every task).
 
 Launchers set RETHINKING_EXPECT_PLATFORM=gpu|tpu: a process whose JAX has no such
 backend (the CPU jax installed by mistake, no GPU in the job) stops at once with
@@ -42,7 +43,7 @@ import jax
 
 EXPECT_PLATFORM = "RETHINKING_EXPECT_PLATFORM"
 _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu", "cpu": "cpu"}
-_INSTALL = {"gpu": "pip install -e '.[cuda12]' (or '.[cuda13]')", "tpu": "pip install -e '.[tpu]'"}
+_INSTALL = {"gpu": "pip install -e '.[cuda12]' or '.[cuda13]'", "tpu": "pip install -e '.[tpu]'"}
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")  # All present: JAX's own test for a SLURM step.
 _GPU_LISTS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
@@ -351,20 +352,26 @@ def batch_lines(config, devices: int) -> list[str]:
   return lines
 
 
-def main(argv):  # pragma: no cover - exercised through subprocesses in the tests.
+def dry_run(config, coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None) -> int:
+  """Prints `explain(...)`; returns the exit status: 0, or 2 for a plan that cannot run."""
+  try:
+    text = explain(config, coordinator_address, num_processes, process_id)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  print(text, flush=True)
+  return 2 if "ERROR" in text else 0
+
+
+def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if not FLAGS.explain:
     _exit(ValueError("nothing to do: pass --explain (and the run's --config and flags)"))
-  try:
-    text = explain(FLAGS.config, FLAGS.coordinator_address, FLAGS.num_processes,
-                   FLAGS.process_id)
-  except ValueError as e:
-    _exit(e)
-  print(text, flush=True)
-  if "ERROR" in text:  # A plan that cannot run: say so in the exit status too.
-    raise SystemExit(2)
+  sys.exit(dry_run(FLAGS.config, FLAGS.coordinator_address, FLAGS.num_processes,
+                   FLAGS.process_id))
 
 
 if __name__ == "__main__":

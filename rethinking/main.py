@@ -33,6 +33,8 @@ flags.DEFINE_string("coordinator_address", None,
                     "pods are detected without it).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("dry_run", False, "Print this process's plan (jax.distributed, its devices, "
+                  "the batch split, the scaled learning rate) and exit; nothing is trained.")
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -106,6 +108,9 @@ def main(argv):
   _enable_compilation_cache()
   from rethinking import distributed  # pylint: disable=g-import-not-at-top
   from rethinking import preemption  # pylint: disable=g-import-not-at-top
+  if FLAGS.dry_run:
+    sys.exit(distributed.dry_run(FLAGS.config, FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from rethinking import train  # pylint: disable=g-import-not-at-top
   try:

@@ -213,3 +213,23 @@ def test_explain_prints_the_plan_devices_batch_and_learning_rate():
   wrong = _explain({distributed.EXPECT_PLATFORM: "tpu"})
   assert wrong.returncode == 2 and f"platform: ERROR: {distributed.EXPECT_PLATFORM}=tpu" in (
       wrong.stdout)
+
+
+def test_main_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
+  """`python -m rethinking.main <a run's flags> --dry_run`: the same plan, before anything runs."""
+  clean = {k: v for k, v in os.environ.items() if not k.startswith(_CLUSTER_VARS)}
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "rethinking.main", "--config=configs/imagenet.py:labels=true,wd",
+       f"--workdir={workdir}", "--coordinator_address=10.0.0.1:1234", "--num_processes=4",
+       "--process_id=3", "--dry_run"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**clean, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout.splitlines()
+  assert out[0].startswith("plan: process 3 of 4 (explicit; coordinator 10.0.0.1:1234)")
+  assert out[-4:] == ["global devices: 8 = 4 process(es) x 2",
+                      "batch_size: 1024 global = 8 devices x 128",
+                      "eval_batch_size: 1024 global = 8 devices x 128",
+                      "learning_rate: 0.4 = 0.1 x 1024 / 256 (linear scaling)"]
+  assert not workdir.exists()
