@@ -55,6 +55,7 @@ import math
 import os
 import pathlib
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,9 @@ flags.DEFINE_string("cifar_data", str(CIFAR_NPZ),
 flags.DEFINE_integer("devices", 4, "Fake CPU devices for the scaling check (0 to skip).")
 flags.DEFINE_string("scaling_model", "mlp_1x512", "Model of the scaling check.")
 flags.DEFINE_bool("imagenet_pipeline", True, "Time the ImageNet tf.data path on generated JPEGs.")
+flags.DEFINE_integer("accelerator_images_per_s", 2000,
+                     "An accelerator's Inception V3 training rate (img/s; an assumption, e.g. a "
+                     "recent GPU in bfloat16): the ImageNet input's CPU cores needed per N of them.")
 flags.DEFINE_bool("quick", False, "A run of seconds: mlp_1x512, batch 16, every section tiny.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_bool("compilation_cache", False,
@@ -514,6 +518,7 @@ def bench_imagenet_pipeline(image_size: int, batch_size: int, num_images: int,
   batches, epoch, times = 0, 0, []
   it = iter(pipeline.train_batches(epoch))
   next(it)  # Builds the tf.data graph and fills the prefetch buffer.
+  cpu_start = _cpu_seconds()
   start = time.perf_counter()
   while batches < max(FLAGS.steps, 3) and time.perf_counter() - start < FLAGS.max_seconds:
     t = time.perf_counter()
@@ -526,10 +531,21 @@ def bench_imagenet_pipeline(image_size: int, batch_size: int, num_images: int,
     times.append(time.perf_counter() - t)
     batches += 1
   elapsed = sum(times)
+  # tf.data's threads run in this process: its CPU time over the loop is the input's
+  # cost (the prefetched batches it already held when timing started bias this ~1%).
+  per_core = batches * batch_size / max(_cpu_seconds() - cpu_start, 1e-9)
+  rate = FLAGS.accelerator_images_per_s
   return {"image_size": image_size, "batch_size": batch_size, "files": 2 * len(list(
       (root / "train" / "class0").iterdir())), "batches": batches,
           "images_per_s": batches * batch_size / elapsed, "augment": True,
+          "images_per_cpu_core_s": per_core, "accelerator_images_per_s": rate,
+          "cores_needed": {str(n): math.ceil(n * rate / per_core) for n in (1, 8)},
           "path": "data.imagenet.ImageNetInput.train_batches (ImageFolder, JPEG)"}
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------------------------
@@ -755,6 +771,12 @@ def table(results: dict[str, Any]) -> str:
     else:
       lines.append(f"ImageNet tf.data pipeline ({imnet['image_size']}x{imnet['image_size']}, "
                    f"JPEG decode + random crop + flip): {imnet['images_per_s']:,.0f} img/s")
+      if "images_per_cpu_core_s" in imnet:
+        cores = imnet["cores_needed"]
+        lines.append(f"  {imnet['images_per_cpu_core_s']:,.0f} img/s per CPU core: at "
+                     f"{imnet['accelerator_images_per_s']:,} img/s per accelerator "
+                     f"(--accelerator_images_per_s), 1 needs {cores['1']} cores, 8 need "
+                     f"{cores['8']} (per host)")
   if results.get("end_to_end"):
     lines.append("")
     lines.append("Real epoch (loop.run: host syncs per log interval, checkpoint per epoch; "
