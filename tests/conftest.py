@@ -5,6 +5,9 @@ import os
 # 8 fake CPU devices for the data-parallel code, set before anything imports jax.
 # Single-device code (CIFAR) runs on the first of them, as on a multi-GPU machine.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Those fake devices are CPU devices: on a GPU or TPU machine too (JAX_PLATFORMS=cuda runs the
+# suite on the GPU instead, where the 8-device tests then need 8 GPUs).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiled programs are shared by the test process and every command-line run it
 # starts: conv nets take tens of seconds to compile on a CPU, the cache makes that once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
