@@ -17,6 +17,8 @@ Commands (run from the repo root):
 
 `runlocal` shrinks every CIFAR run (data, image size, epochs; see RUNLOCAL) so the whole
 pipeline runs on a 2-core CPU; its numbers show the shape of a result, not its values.
+`cpu` (figure1a and figure1bc) sizes the runs so that the figures' effects show on the
+shared 10,000-image CIFAR-10 subset within a few hours of a 2-core CPU (see CPU).
 """
 
 CIFAR = "configs/cifar10.py"
@@ -93,6 +95,29 @@ RUNLOCAL_LEVELS = {"mlp_1x512": (0, 2, 4, 6, 8, 10), "alexnet_small": (0, 2, 4, 
                    "inception_small": (0, 5, 10)}
 PAPER_NUM_TRAIN = 50_000  # CIFAR-10
 
+# cpu: the smallest runs where the figures' effects showed on a 2-core CPU, from runs on
+# ../shared/data/cifar10_10k.npz (epochs until the eval-mode train accuracy reached 99%,
+# true -> random labels; test accuracy true / random):
+#   mlp_1x512, 10,000 images, 28 px: 15 -> 21 epochs (1.4x), test 0.44 / 0.10;
+#   alexnet_small, 5,000 images downscaled to 16 px, 14 px crops: 33 -> 54 (1.6x),
+#     test 0.50 / 0.09;
+#   inception_small, 2,000 images at 16/14 px: 21 -> 20 (1.0x: at that size both label
+#     sets are memorized in the same ~18 epochs), test 0.48 / 0.09; hence 5,000 images
+#     at 12 px, with BatchNorm statistics that follow the few steps per epoch (momentum
+#     0.9), as for the runlocal Inception.
+# Images are downscaled (`resize`), not center-cropped: the whole picture at fewer pixels.
+# Figure 1b reads time to fit at 99% at this scale (`rethinking.report --fit_threshold=0.99`):
+# at 100% the last few examples dominate small runs (alexnet_small at 2,000 images: epochs
+# to 50/90/99/100% were 6/15/19/26 true, 12/20/23/27 random).
+CPU = {
+    "mlp_1x512": dict(num_train=10_000, num_test=2_000, num_epochs=150),
+    "alexnet_small": dict(num_train=5_000, num_test=2_000, resize=16, image_size=14,
+                          num_epochs=120),
+    "inception_small": dict(num_train=5_000, num_test=2_000, resize=12, image_size=12,
+                            bn_momentum=0.9, num_epochs=80),
+}
+CPU_LEVELS = (0, 2, 4, 6, 8, 10)  # Tenths of p: every other level of the paper's eleven.
+
 
 def run_name(arg: str, overrides: dict) -> str:
   """'model=alexnet_small,p=0.3,fit' -> 'alexnet_small-p0.3-fit'; defaults are left out."""
@@ -113,8 +138,9 @@ def _runs(config: str, args, **overrides) -> list[dict]:
 
 def _figure1bc(scale: str) -> list[dict]:
   """Label corruption p = 0.0, 0.1, ..., 1.0 (tenths), each run stopping at 100% train accuracy."""
+  levels = {"runlocal": RUNLOCAL_LEVELS, "cpu": {m: CPU_LEVELS for m in FIGURE1BC_MODELS}}
   return _runs(CIFAR, [f"model={m},p={p / 10:.1f},fit" for m in FIGURE1BC_MODELS
-                       for p in (RUNLOCAL_LEVELS[m] if scale == "runlocal" else range(11))])
+                       for p in levels.get(scale, {}).get(m, range(11))])
 
 
 SWEEPS = {  # name -> scale -> runs (at paper scale; `runlocal` then shrinks each).
@@ -146,11 +172,27 @@ def runlocal(run: dict) -> dict:
   return run
 
 
+def cpu(run: dict) -> dict:
+  """The run at CPU scale (same name): the sizes of CPU, and the paper's learning-rate
+  decay per training example seen (as for runlocal). Figure 1a trains as long as Figure
+  1b/1c's Inception may, without stopping at a fit target."""
+  model = _model(run["arg"])
+  shrink = CPU["inception_small" if model.startswith("inception") else model]
+  decay = run["overrides"].get("lr_decay", 0.95) ** (shrink["num_train"] / PAPER_NUM_TRAIN)
+  return dict(run, overrides={**run["overrides"], **shrink, "lr_decay": round(decay, 6)})
+
+
+SCALES = {"paper": lambda run: run, "runlocal": runlocal, "cpu": cpu}
+CPU_SWEEPS = ("figure1a", "figure1bc")  # The figures the cpu scale is sized for.
+
+
 def get_sweep(name: str, scale: str = "paper") -> list[dict]:
-  """The runs of sweep `name` at `scale` ('paper' or 'runlocal')."""
+  """The runs of sweep `name` at `scale` ('paper', 'runlocal' or 'cpu')."""
   if name not in SWEEPS:
     raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
-  if scale not in ("paper", "runlocal"):
-    raise ValueError(f"unknown scale {scale!r}; known: paper, runlocal")
-  runs = SWEEPS[name](scale)
-  return [runlocal(r) for r in runs] if scale == "runlocal" else runs
+  if scale not in SCALES:
+    raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+  if scale == "cpu" and name not in CPU_SWEEPS:
+    raise ValueError(f"--scale=cpu is sized for {', '.join(CPU_SWEEPS)}, not {name!r}; "
+                     "use --scale=runlocal")
+  return [SCALES[scale](r) for r in SWEEPS[name](scale)]

@@ -278,7 +278,8 @@ def define_flags() -> None:
   """The command-line flags (defined only when run as a program, so modules can share names)."""
   flags.DEFINE_string("sweep", None, "A sweep of configs/sweeps.py, e.g. table1 or figure1bc.")
   flags.DEFINE_string("root", None, "Directory under which each run gets its workdir.")
-  flags.DEFINE_enum("scale", "paper", ["paper", "runlocal"], "runlocal: shrunk for a CPU.")
+  flags.DEFINE_enum("scale", "paper", ["paper", "runlocal", "cpu"],
+                    "runlocal: shrunk for a CPU; cpu: sized so Figures 1a-1c show on a CPU.")
   flags.DEFINE_integer("seeds", 1, "Repeat every run with seeds 0, ..., seeds - 1.")
   flags.DEFINE_string("dataset", None, "Overrides config.dataset (e.g. a local .npz).")
   flags.DEFINE_list("only", None, "Keep only runs whose name matches one of these globs.")

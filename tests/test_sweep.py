@@ -210,3 +210,18 @@ def test_runlocal_sweep_end_to_end_skips_resumes_and_reports(tmp_path, cifar_npz
   last_p0 = read_metrics(p0)[-1]
   assert ("0.0", round(1 - last_p0["test_accuracy"], 6)) in errors
 
+
+
+def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_path):
+  jobs = _expand("figure1bc", tmp_path, scale="cpu", dataset="/data/c.npz")
+  assert len(jobs) == 18  # 3 models x p = 0, 0.2, ..., 1.
+  by_name = {j.name: j.config for j in jobs}
+  alex = by_name["alexnet_small-p1.0-fit/seed0"]
+  assert (alex.num_train, alex.resize, alex.image_size) == (5000, 16, 14)
+  assert alex.lr_decay == pytest.approx(0.95 ** (5000 / 50_000), abs=1e-6)
+  assert alex.corrupt_prob == 1.0 and alex.stop_at_train_accuracy == 1.0
+  inc = by_name["inception_small-p0.0-fit/seed0"]
+  assert (inc.resize, inc.bn_momentum) == (12, 0.9)
+  assert len(_expand("figure1a", tmp_path, scale="cpu")) == 5
+  with pytest.raises(ValueError, match="--scale=cpu is sized for figure1a, figure1bc"):
+    _expand("table1", tmp_path, scale="cpu")
