@@ -11,7 +11,8 @@ The data order and every RNG stream are pure functions of (seed, step), so the
 step *is* the position in the data and the RNG state.
 
 Writing. A save takes host copies of the state, then a background thread of ours
-runs orbax's *synchronous* save, so the next steps run while it is written. Not
+runs orbax's *synchronous* save, so the next steps run while it is written (in a
+single-process run; with several processes the save blocks, see `save`). Not
 orbax's own asynchronous mode: there, a failed write (read-only directory, full
 disk) is only logged by its finalize thread, which still deletes the old
 checkpoints it meant to replace, and a failure while creating the directory
@@ -181,10 +182,19 @@ class Checkpointer:
       except BaseException as e:  # pylint: disable=broad-except  (reported by wait)
         self._error = (step, e)
 
+    self._pending_step = step
+    if jax.process_count() > 1:
+      # Orbax's save runs collectives between the processes (Gloo on CPU); from a
+      # second thread they would interleave with the steps' and mismatch across
+      # processes (a crash, seen with two processes). So a multi-process save
+      # blocks; its failure is raised by the `wait` that follows.
+      write()
+      self._thread = threading.Thread(target=lambda: None)
+      self._thread.start()
+      return
     # A daemon thread: a process that must exit never waits on a stuck write (the
     # loop always waits for it on its normal, preempted and failing paths).
     self._thread = threading.Thread(target=write, name=f"checkpoint_{step}", daemon=True)
-    self._pending_step = step
     self._thread.start()
 
   def busy(self) -> bool:

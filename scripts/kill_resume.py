@@ -7,10 +7,13 @@ r"""Kill a real training run at random moments, resume it, and check that nothin
 One uninterrupted run of the command line is the reference (a tiny MLP with random
 labels, random crops and flips, dropout, a checkpoint every 3 steps and at each of
 4 epoch ends). Then, for each point, the same command is started in a fresh
-workdir and sent the signal at a moment drawn uniformly from [0, the reference's
-wall time]: during Python's start-up, data loading, compilation, a step, a
-checkpoint write, an evaluation or after the last row. Then the same command runs
-again to the end. Each point passes when:
+workdir and sent the signal at a random moment. A quarter of the moments are drawn
+uniformly over the start-up (Python's imports, data loading, compilation: from 0 to
+when the reference's first checkpoint appeared); the others wait for a checkpoint
+at or past a random step (1..15) and then a random 0-0.5 s, which lands in a step,
+a checkpoint write, an evaluation or after the last row (the start-up's length
+varies with the machine's load; the training phase is what must be hit). Then the
+same command runs again to the end. Each point passes when:
 
   - SIGKILL: the resumed run exits 0; SIGTERM/SIGINT: the signalled run exits 75,
     or 0 if it had finished, with no traceback;
@@ -109,45 +112,60 @@ def compare(workdir, reference) -> str | None:
   return None
 
 
-def one_point(i, moment, sig, root, dataset, reference) -> tuple[bool, str]:
+def one_point(i, moment, sig, root, dataset, reference) -> tuple[bool, str, str]:
+  """moment: ("time", seconds after the start) or ("step", k, seconds after a
+  checkpoint at or past step k appeared)."""
   workdir = root / f"point_{i:02d}"
+  start = time.time()
   proc = subprocess.Popen(command(workdir, dataset), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  time.sleep(moment)
+  if moment[0] == "time":
+    time.sleep(moment[1])
+  else:
+    while proc.poll() is None and not any(s >= moment[1] for s in checkpoint_steps(workdir)):
+      time.sleep(0.005)
+    time.sleep(moment[2])
   finished_first = proc.poll() is not None
   at = checkpoint_steps(workdir)
+  sent = time.time()
   if not finished_first:
     proc.send_signal(sig)
   try:
     _, stderr = proc.communicate(timeout=300)
   except subprocess.TimeoutExpired:
     proc.kill()
-    return False, f"no exit within 300 s of {sig.name}"
+    return False, f"no exit within 300 s of {sig.name}", "hung"
   rc = proc.returncode
-  where = f"t={moment:5.2f}s, last checkpoint {at[-1] if at else '-'}, exit {rc}"
+  phase = ("finished first" if finished_first else "before the first checkpoint" if not at
+           else "after the last checkpoint" if at[-1] == EPOCHS * STEPS_PER_EPOCH
+           else "while training")
+  aim = (f"at {moment[1]:.2f} s" if moment[0] == "time" else
+         f"{moment[2]:.2f} s after checkpoint >= {moment[1]}")
+  where = (f"{aim} (t={sent - start:5.2f} s): last checkpoint {at[-1] if at else '-'}, "
+           f"exit {rc}")
   if sig != signal.SIGKILL:
     done = len(rows(workdir)) == EPOCHS
     if rc not in (75, 0) or (rc == 0 and not done):
-      return False, f"{where}: expected 75 (or 0 when done)\n{stderr[-2000:]}"
+      return False, f"{where}: expected 75 (or 0 when done)\n{stderr[-2000:]}", phase
     if "Traceback" in stderr:
-      return False, f"{where}: a traceback\n{stderr[-3000:]}"
+      return False, f"{where}: a traceback\n{stderr[-3000:]}", phase
     if leftovers(workdir):
-      return False, f"{where}: left {leftovers(workdir)}"
+      return False, f"{where}: left {leftovers(workdir)}", phase
   elif not finished_first and rc != -signal.SIGKILL:
-    return False, f"{where}: expected -9"
+    return False, f"{where}: expected -9", phase
   resumed = run_to_end(workdir, dataset)
   if resumed.returncode != 0:
-    return False, f"{where}: resume exited {resumed.returncode}\n{resumed.stderr[-3000:]}"
+    return False, f"{where}: resume exited {resumed.returncode}\n{resumed.stderr[-3000:]}", phase
   if leftovers(workdir):
-    return False, f"{where}: left {leftovers(workdir)} after the resume"
+    return False, f"{where}: left {leftovers(workdir)} after the resume", phase
   if "damaged" in resumed.stderr:
-    return False, f"{where}: a checkpoint reported damaged\n{resumed.stderr[-2000:]}"
+    return False, f"{where}: a checkpoint reported damaged\n{resumed.stderr[-2000:]}", phase
   diff = compare(workdir, reference)
   if diff:
-    return False, f"{where}: {diff}"
+    return False, f"{where}: {diff}", phase
   resumed_from = next((l.split("Resuming from step ")[1].split()[0]
                        for l in resumed.stderr.splitlines() if "Resuming from step" in l), "0")
-  return True, f"{where}, resumed from step {resumed_from}: identical"
+  return True, f"{where}, resumed from step {resumed_from}: identical", phase
 
 
 def main(argv=None) -> int:
@@ -170,26 +188,37 @@ def main(argv=None) -> int:
   reference = root / "reference"
   shutil.rmtree(reference, ignore_errors=True)
   t0 = time.time()
-  ref = run_to_end(reference, args.dataset)
+  proc = subprocess.Popen(command(reference, args.dataset), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  while proc.poll() is None and not checkpoint_steps(reference):
+    time.sleep(0.005)
+  startup = time.time() - t0
+  _, stderr = proc.communicate(timeout=600)
   duration = time.time() - t0
-  if ref.returncode != 0:
-    print(f"error: the reference run failed ({ref.returncode}):\n{ref.stderr[-3000:]}",
+  if proc.returncode != 0:
+    print(f"error: the reference run failed ({proc.returncode}):\n{stderr[-3000:]}",
           file=sys.stderr)
     return 1
-  print(f"reference: {EPOCHS} epochs x {STEPS_PER_EPOCH} steps in {duration:.1f} s; "
-        f"SIG{args.signal} at {args.points} moments drawn from [0, {duration:.1f}] s (seed "
+  total = EPOCHS * STEPS_PER_EPOCH
+  print(f"reference: {EPOCHS} epochs x {STEPS_PER_EPOCH} steps in {duration:.1f} s (first "
+        f"checkpoint at {startup:.1f} s); SIG{args.signal} at {args.points} moments (seed "
         f"{args.seed})", flush=True)
   rng = random.Random(args.seed)
-  moments = sorted(rng.uniform(0, duration) for _ in range(args.points))
+  moments = [("time", rng.uniform(0, startup)) if rng.random() < 0.25 else
+             ("step", rng.randint(1, total - 1), rng.uniform(0, 0.5))
+             for _ in range(args.points)]
   failures = 0
+  phases: dict[str, int] = {}
   for i, moment in enumerate(moments):
-    ok, text = one_point(i, moment, sig, root, args.dataset, reference)
+    ok, text, phase = one_point(i, moment, sig, root, args.dataset, reference)
+    phases[phase] = phases.get(phase, 0) + 1
     failures += not ok
     print(f"{'ok  ' if ok else 'FAIL'} {i + 1:2d}/{len(moments)} {text}", flush=True)
     if ok and not args.keep:
       shutil.rmtree(root / f"point_{i:02d}", ignore_errors=True)
-  print(f"{len(moments) - failures}/{len(moments)} passed (SIG{args.signal}); "
-        f"{time.time() - t0:.0f} s in all")
+  print(f"{len(moments) - failures}/{len(moments)} passed (SIG{args.signal}); signals landed: "
+        + ", ".join(f"{n} {p}" for p, n in sorted(phases.items())) +
+        f"; {time.time() - t0:.0f} s in all")
   if not args.keep and not failures:
     shutil.rmtree(root, ignore_errors=True)
   return 1 if failures else 0
