@@ -470,8 +470,8 @@ def cholesky_in_place(a: np.ndarray, *, block_size: int = 1024) -> int:
 
   Left-looking and blocked, for any n: panel j gets
   a[j0:, j0:j1] -= a[j0:, :j0] a[j0:j1, :j0]^T in one matrix product on strided views
-  (numpy hands them to its BLAS without copies, with 64-bit indices: LAPACK's own
-  spotrf through scipy's 32-bit interface crashes at n = 60,000, where n^2 > 2^31), then
+  (numpy hands them to its BLAS without copies, with 64-bit indices; scipy's spotrf on
+  the whole array segfaulted at n = 60,000: n^2 > 2^31, and scipy's LAPACK is 32-bit), then
   LAPACK factors the block_size x block_size diagonal block and a triangular solve
   finishes the panel. Only the lower triangle (and the diagonal blocks' upper halves) is
   read or written. Temporaries: a few block_size x n panels.
