@@ -39,6 +39,7 @@ import logging as logging_lib
 import os
 import re
 import shutil
+import sys
 import threading
 from typing import Any
 
@@ -129,6 +130,54 @@ class _OrbaxErrors(logging_lib.Filter):
     return True
 
 
+class _DropClosedLoopNoise:
+  """sys.stderr, minus one known traceback: `RuntimeError: Event loop is closed`.
+
+  When a write fails (a full disk), orbax closes its event loop while TensorStore
+  still completes the other writes; their callbacks then find the loop closed and
+  TensorStore prints that traceback from its own thread, even after the failure
+  was reported (sometimes at exit). Everything else passes through as written; a
+  traceback is held only until its final line shows which one it is.
+  """
+
+  HEAD = "Traceback (most recent call last):"
+  NOISE = "RuntimeError: Event loop is closed"
+
+  def __init__(self, stream):
+    self.stream = stream
+    self.block: str | None = None
+
+  def write(self, text: str) -> int:
+    if self.block is None:
+      i = text.find(self.HEAD)
+      if i < 0:
+        return self.stream.write(text)
+      self.stream.write(text[:i])
+      self.block = text[i:]
+    else:
+      self.block += text
+    lines = self.block.split("\n")
+    for j in range(1, len(lines) - 1):  # Complete lines after the head.
+      if lines[j] and not lines[j].startswith(" "):  # The exception's own line.
+        block, rest = "\n".join(lines[:j + 1]) + "\n", "\n".join(lines[j + 1:])
+        self.block = None
+        if lines[j].strip() != self.NOISE:
+          self.stream.write(block)
+        if rest:
+          self.write(rest)
+        break
+    return len(text)
+
+  def flush(self) -> None:
+    if self.block is not None and not self.block.startswith(self.HEAD + "\n  File"):
+      self.stream.write(self.block)
+      self.block = None
+    self.stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
 class Checkpointer:
   """(state, meta) checkpoints of a run, with write errors surfaced and damage handled."""
 
@@ -148,6 +197,10 @@ class Checkpointer:
     self._error: tuple[int, BaseException] | None = None
     self.last_saved: int | None = None  # The newest step known complete on disk.
     self._remove_leftovers()
+    self._failed = False
+    self._stderr = sys.stderr
+    if not isinstance(sys.stderr, _DropClosedLoopNoise):
+      sys.stderr = _DropClosedLoopNoise(sys.stderr)
     # Held until close: every orbax call of the run is ours, and each failure is
     # reported by us in one line (WriteError, or the damaged-checkpoint line).
     logging_lib.getLogger("absl").addFilter(self._quiet)
@@ -211,6 +264,7 @@ class Checkpointer:
       step, e = self._error
       self._error = None
       self._remove_leftovers()  # Frees the space a partial write took (a full disk).
+      self._failed = True  # The filter stays: TensorStore's noise can come at exit.
       raise self._write_error(step, e) from None
     self.last_saved = self._pending_step
 
@@ -353,3 +407,5 @@ class Checkpointer:
         self.manager.close()
       finally:
         logging_lib.getLogger("absl").removeFilter(self._quiet)
+        if not self._failed and isinstance(sys.stderr, _DropClosedLoopNoise):
+          sys.stderr = self._stderr
