@@ -185,7 +185,7 @@ def test_dropout_masks_do_not_depend_on_the_device_layout():
   assert 0.4 < kept.mean() < 0.6 and len({row.tobytes() for row in kept}) == B
 
 
-@pytest.mark.parametrize("model_name", ["inception_small", "mlp_1x512"])
+@pytest.mark.parametrize("model_name", ["mlp_1x512"])  # inception_small: tests/test_multihost.py.
 def test_pmapped_step_with_dropout_equals_single_device_step(model_name):
   """8 devices = 1 device with dropout on (rate 0.5), in float64 as the test above."""
   with jax.enable_x64(True):
