@@ -222,6 +222,8 @@ def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_p
   assert alex.corrupt_prob == 1.0 and alex.stop_at_train_accuracy == 1.0
   inc = by_name["inception_small-p0.0-fit/seed0"]
   assert (inc.resize, inc.bn_momentum) == (12, 0.9)
-  assert len(_expand("figure1a", tmp_path, scale="cpu")) == 5
+  figure1a = _expand("figure1a", tmp_path, scale="cpu")
+  assert len(figure1a) == 5 and {(j.config.num_train, j.config.num_epochs) for j in figure1a} == {
+      (2000, 40)}
   with pytest.raises(ValueError, match="--scale=cpu is sized for figure1a, figure1bc"):
     _expand("table1", tmp_path, scale="cpu")
