@@ -195,7 +195,6 @@ class Checkpointer:
     self._quiet = _OrbaxErrors()
     self._thread: threading.Thread | None = None
     self._error: tuple[int, BaseException] | None = None
-    self.last_saved: int | None = None  # The newest step known complete on disk.
     self._remove_leftovers()
     self._failed = False
     self._stderr = sys.stderr
@@ -235,7 +234,6 @@ class Checkpointer:
       except BaseException as e:  # pylint: disable=broad-except  (reported by wait)
         self._error = (step, e)
 
-    self._pending_step = step
     if jax.process_count() > 1:
       # Orbax's save runs collectives between the processes (Gloo on CPU); from a
       # second thread they would interleave with the steps' and mismatch across
@@ -266,7 +264,6 @@ class Checkpointer:
       self._remove_leftovers()  # Frees the space a partial write took (a full disk).
       self._failed = True  # The filter stays: TensorStore's noise can come at exit.
       raise self._write_error(step, e) from None
-    self.last_saved = self._pending_step
 
   def _write_error(self, step: int, e: BaseException) -> WriteError:
     return WriteError(f"cannot write the checkpoint of step {step} to {self.directory}: "
@@ -275,6 +272,7 @@ class Checkpointer:
                       "then run the same command to continue from there.")
 
   def last_saved_step(self) -> str:
+    """The newest complete checkpoint on disk, for messages."""
     steps = self.steps()
     return str(max(steps)) if steps else "(none)"
 
