@@ -97,7 +97,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.num_train = 0  # 0 = all; otherwise a fixed, seeded, class-balanced subset.
   config.num_test = 0  # 0 = all; otherwise a class-balanced test subset.
   config.corruption = "partial_labels" if arg.p >= 0 else arg.corruption
-  config.corrupt_prob = arg.p if arg.p >= 0 else 0.0
+  # p=<float> is partial_labels at p; `corruption=partial_labels` without p is -1, which
+  # validation refuses ("needs its probability") rather than train at p = 0.
+  config.corrupt_prob = arg.p if arg.p >= 0 else (
+      -1.0 if arg.corruption == "partial_labels" else 0.0)
   config.corrupt_force_different = False  # True: a corrupted label never equals the true one.
   config.resize = 0  # 0 = as stored; else images downscaled to resize x resize first (CPU scale).
   config.image_size = 28  # Center crop (eval) or random crop (augment) from 32x32.

@@ -13,7 +13,11 @@ Library INFO logs (JAX backends, TensorFlow, orbax) are hidden unless
 `rethinking.train`.
 """
 
-import logging as logging_lib
+if __name__ == "__main__":  # First of all: a signal during start-up is a clean exit 75.
+  from rethinking import preemption as _preemption  # Imports nothing heavy.
+  _preemption.install()
+
+import logging as logging_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 import re
 import sys
@@ -116,8 +120,7 @@ def main(argv):
   try:
     row = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except preemption.Preempted as e:
-    logging.warning("Preempted (%s): checkpoint saved, metrics flushed. Run the same command "
-                    "to continue.", e)
+    logging.warning("Preempted (%s). Run the same command to continue.", e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
   except ValueError as e:
     sys.exit(_error(e, 2))
