@@ -102,7 +102,7 @@ PAPER_NUM_TRAIN = 50_000  # CIFAR-10
 #   alexnet_small, 5,000 images, 16 px -> 14 px crops:
 #                                           7/26/33/36 -> 30/48/54/63, test 0.50 / 0.09
 #   inception_small, 5,000 images, 12 px, BN momentum 0.9:
-#                                           4/11/19/21 -> 12/17/21/-, test 0.55 / 0.10
+#                                           4/11/19/21 -> 12/17/21/29, test 0.55 / 0.10
 #   (inception_small, 2,000 images, 16 -> 14 px: 12/17/21/22 -> 15/18/20/22)
 # At these sizes the last few examples dominate the time to 99-100% (Inception memorizes
 # 5,000 random labels nearly as fast as true ones), so Figure 1b at this scale reads time
