@@ -19,8 +19,8 @@ from conftest import REPO
 B, SIZE = 16, 24
 
 
-def _setup(model_name, dtype=jnp.float32):
-  model = get_model(model_name, num_classes=10, dtype=dtype)
+def _setup(model_name, dtype=jnp.float32, **model_kwargs):
+  model = get_model(model_name, num_classes=10, dtype=dtype, **model_kwargs)
   tx = optim.make_optimizer(optim.learning_rate_schedule(0.1, 0.95, 10), 0.9, 5e-4)
   state = step_lib.create_train_state(jax.random.PRNGKey(0), model, (SIZE, SIZE, 3), tx)
   if dtype != jnp.float32:  # Parameters are created in float32; the test wants them in dtype.
@@ -136,21 +136,6 @@ def test_data_parallel_task_compiles_each_step_once(tmp_path, caplog):
 
 # --- Device layout: dropout, per-device BatchNorm, input placement (issue 13) ---------------
 
-def _setup64(model_name, **model_kwargs):
-  """A float64 state and batch (see test_pmapped_step_equals_single_device_step for why)."""
-  model = get_model(model_name, num_classes=10, dtype=jnp.float64, **model_kwargs)
-  tx = optim.make_optimizer(optim.learning_rate_schedule(0.1, 0.95, 10), 0.9, 5e-4)
-  state = step_lib.create_train_state(jax.random.PRNGKey(0), model, (SIZE, SIZE, 3), tx)
-  cast = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)
-  params = cast(state.params)
-  state = state.replace(params=params, batch_stats=cast(state.batch_stats),
-                        opt_state=tx.init(params))
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (B, SIZE, SIZE, 3), dtype=np.uint8),
-           "label": rng.integers(0, 10, (B,), dtype=np.int32)}
-  return model, state, batch
-
-
 @jax.jit
 def _single_step(state, batch, key):
   return step_lib.train_step(state, dict(batch, image=parallel.to_inputs(batch["image"],
@@ -189,7 +174,7 @@ def test_dropout_masks_do_not_depend_on_the_device_layout():
 def test_pmapped_step_with_dropout_equals_single_device_step(model_name):
   """8 devices = 1 device with dropout on (rate 0.5), in float64 as the test above."""
   with jax.enable_x64(True):
-    model, state, batch = _setup64(model_name, dropout_rate=0.5)
+    model, state, batch = _setup(model_name, jnp.float64, dropout_rate=0.5)
     before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
     want, want_sums = _single_step(state, batch, jax.random.PRNGKey(1))
     other, _ = _single_step(state, batch, jax.random.PRNGKey(2))  # Other masks.
@@ -208,7 +193,7 @@ def test_per_device_batch_norm_statistics():
   statistics (one logical state). Linear in the gradients at the first step (the
   momentum trace starts at zero), so the update is the mean of the 8 shards' updates."""
   with jax.enable_x64(True):
-    model, state, batch = _setup64("inception_small", bn_sync=False)
+    model, state, batch = _setup("inception_small", jnp.float64, bn_sync=False)
     before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
     shards = [_single_step(state, {k: v[2 * d:2 * d + 2] for k, v in batch.items()},
                            jax.random.PRNGKey(1)) for d in range(8)]
