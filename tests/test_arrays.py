@@ -89,6 +89,13 @@ def test_resize_downscales_whole_images_by_area():
   assert small.x_train.shape == (1000, 16, 16, 3) and small.x_test.shape == (500, 16, 16, 3)
   blocks = full.x_train.astype(np.float64).reshape(1000, 16, 2, 16, 2, 3).mean(axis=(2, 4))
   assert np.abs(small.x_train - blocks).max() <= 0.5 + 1e-9  # Rounded to uint8.
-  assert train.load_data(_config(resize=24, image_size=20)).x_train.shape == (200, 24, 24, 3)
+  # 32 -> 12: each pixel the mean of an 8/3 x 8/3 square; the corner one covers
+  # pixels 0, 1 fully and 2 by two thirds along each axis.
+  twelve = train.load_data(_config(corruption="none", resize=12, image_size=12))
+  sub = train.load_data(_config(corruption="none"))
+  w = np.array([1, 1, 2 / 3]) / (8 / 3)
+  corner = np.einsum("h,nhwc,w->nc", w, sub.x_train[:, :3, :3].astype(np.float64), w)
+  assert twelve.x_train.shape == (200, 12, 12, 3)
+  assert np.abs(twelve.x_train[:, 0, 0] - corner).max() <= 0.5 + 1e-9
   with pytest.raises(ValueError, match=r"config.resize=40 is not allowed"):
     train.load_data(_config(resize=40))
