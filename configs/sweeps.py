@@ -164,15 +164,20 @@ def _model(arg: str) -> str:
   return items.get("model", "inception_small")
 
 
+def _shrunk(overrides: dict, shrink: dict) -> dict:
+  """`overrides` with the smaller run's fields, and the paper's learning-rate decay per
+  training example seen, not per (much shorter) epoch: decayed per epoch, the rate dies
+  before the last few examples are fit."""
+  decay = overrides.get("lr_decay", 0.95) ** (shrink["num_train"] / PAPER_NUM_TRAIN)
+  return {**overrides, **shrink, "lr_decay": round(decay, 6)}
+
+
 def runlocal(run: dict) -> dict:
   """The run shrunk for a CPU (same name): its config's `runlocal` preset, plus RUNLOCAL."""
   run = dict(run, arg=f"{run['arg']},runlocal")
   if run["config"] == CIFAR:
     shrink = RUNLOCAL[_model(run["arg"])]
-    # The paper's learning-rate decay per training example seen, not per (much shorter)
-    # epoch: decayed per epoch, the rate dies before the last few examples are fit.
-    decay = run["overrides"].get("lr_decay", 0.95) ** (shrink["num_train"] / PAPER_NUM_TRAIN)
-    run["overrides"] = {**run["overrides"], **shrink, "lr_decay": round(decay, 6)}
+    run["overrides"] = _shrunk(run["overrides"], shrink)
   return run
 
 
@@ -180,8 +185,7 @@ def cpu(run: dict, sweep: str) -> dict:
   """The run at CPU scale (same name): the sizes of CPU (CPU_FIGURE1A for Figure 1a), and
   the paper's learning-rate decay per training example seen (as for runlocal)."""
   shrink = CPU_FIGURE1A if sweep == "figure1a" else CPU[_model(run["arg"])]
-  decay = run["overrides"].get("lr_decay", 0.95) ** (shrink["num_train"] / PAPER_NUM_TRAIN)
-  return dict(run, overrides={**run["overrides"], **shrink, "lr_decay": round(decay, 6)})
+  return dict(run, overrides=_shrunk(run["overrides"], shrink))
 
 
 SCALES = {"paper": lambda run, sweep: run, "runlocal": lambda run, sweep: runlocal(run),

@@ -2,7 +2,7 @@ r"""Speed, measured: train and eval steps, input pipelines, a real epoch, severa
 
   python -m rethinking.bench --json=/tmp/bench.json          # everything: ~8 min on 2 CPU cores
   python -m rethinking.bench --models=mlp_1x512,alexnet_small --steps=20
-  python -m rethinking.bench --quick --json=/tmp/quick.json  # seconds: a tiny model, every section
+  python -m rethinking.bench --quick --json=/tmp/quick.json  # minutes: mlp_1x512, every section
   python -m rethinking.bench --torch_python=/path/to/torch-env/bin/python  # PyTorch measured too
 
 Models are `name[@size][/batch]`: the CIFAR models at 28x28 (the paper's crop), batch
@@ -117,7 +117,7 @@ flags.DEFINE_bool("imagenet_pipeline", True, "Time the ImageNet tf.data path on 
 flags.DEFINE_integer("accelerator_images_per_s", 2000,
                      "An accelerator's Inception V3 training rate (img/s; an assumption, e.g. a "
                      "recent GPU in bfloat16): the ImageNet input's CPU cores needed per N of them.")
-flags.DEFINE_bool("quick", False, "A run of seconds: mlp_1x512, batch 16, every section tiny.")
+flags.DEFINE_bool("quick", False, "A run of minutes: mlp_1x512, batch 16, every section tiny.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_bool("compilation_cache", False,
                   "Keep JAX's persistent compilation cache as configured (e.g. by "

@@ -24,7 +24,7 @@ class WriteError(RuntimeError):
 # Every config field (configs/cifar10.py and configs/imagenet.py), classified for
 # resume. A field that changes what the steps compute, or the numbers a row
 # reports (even in the last digits), may not change within a run: the metrics
-# would mix two experiments. tests/test_config.py fails on a field missing here.
+# would mix two experiments. tests/test_faults.py fails on a field missing here.
 MAY_NOT_CHANGE = (
     # The data and its randomization test.
     "dataset", "num_train", "num_test", "corruption", "corrupt_prob",
@@ -47,7 +47,6 @@ MAY_CHANGE = ("num_epochs", "stop_at_train_accuracy", "log_every_steps",
               "checkpoint_every_steps", "keep_checkpoints", "data_dir", "allow_config_change")
 # Never, even with allow_config_change: the checkpoints hold this model's parameters.
 STRUCTURAL = ("model", "pipeline", "aux_loss_weight")
-IDENTITY_FIELDS = MAY_NOT_CHANGE  # The name sweep.py and older code use.
 
 
 def check_path(workdir: str | None) -> None:
