@@ -354,8 +354,11 @@ def batch_lines(config, devices: int) -> list[str]:
 
 def dry_run(config, coordinator_address: str | None = None, num_processes: int | None = None,
             process_id: int | None = None) -> int:
-  """Prints `explain(...)`; returns the exit status: 0, or 2 for a plan that cannot run."""
+  """Prints `explain(...)`; returns the exit status: 0, or 2 for a plan that cannot run
+  (a config the run itself would refuse included)."""
+  from rethinking import validation  # pylint: disable=g-import-not-at-top
   try:
+    validation.check_config(config)
     text = explain(config, coordinator_address, num_processes, process_id)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -55,7 +55,8 @@ class MetricWriter:
     rows = read_rows(self.path)
     kept = [r for r in rows if r["step"] <= step]
     with open(self.path, "rb") as f:
-      intact = f.read().endswith(b"\n") or not rows
+      content = f.read()
+    intact = not content or content.endswith(b"\n")  # A torn first row is torn too.
     if len(kept) == len(rows) and intact:
       return []
     dropped = rows[len(kept):]

@@ -233,3 +233,15 @@ def test_main_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
                       "eval_batch_size: 1024 global = 8 devices x 128",
                       "learning_rate: 0.4 = 0.1 x 1024 / 256 (linear scaling)"]
   assert not workdir.exists()
+
+
+def test_dry_run_refuses_a_config_the_run_would_refuse(tmp_path):
+  """A plan is only printed for a run that could start: a bad field is its one error line."""
+  clean = {k: v for k, v in os.environ.items() if not k.startswith(_CLUSTER_VARS)}
+  proc = subprocess.run(
+      [sys.executable, "-m", "rethinking.main", "--config=configs/imagenet.py:runlocal",
+       f"--workdir={tmp_path / 'run'}", "--config.batch_size=0", "--dry_run"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, env={**clean, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2 and "plan:" not in proc.stdout
+  assert proc.stderr.strip() == ("error: config.batch_size=0 is not allowed: expected a "
+                                 "positive integer")

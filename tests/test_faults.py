@@ -325,10 +325,7 @@ def test_every_config_field_is_classified_for_resume():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for arg in args:
-      try:
-        fields |= set(module.get_config(arg))
-      except ValueError:  # A preset another engineer has not added yet.
-        continue
+      fields |= set(module.get_config(arg))
   may, may_not = set(workdir_lib.MAY_CHANGE), set(workdir_lib.MAY_NOT_CHANGE)
   assert not may & may_not
   assert fields - may - may_not == set(), "classify these in workdir.py"
@@ -423,3 +420,16 @@ def test_divergence_without_a_checkpoint_says_so(tmp_path):
   # Nothing trained is kept, so the workdir takes the lower learning rate as is.
   row = train.train_and_evaluate(_config(num_epochs=1, learning_rate=0.01), workdir)
   assert row["epoch"] == 1
+
+
+def test_a_torn_first_metrics_row_is_dropped_on_resume(tmp_path):
+  """A kill while the first row was being written leaves a line without its newline; the
+  resumed run must drop it (else every row after it is unreadable: line 1 fails to parse)."""
+  from rethinking import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  path = tmp_path / metrics_lib.METRICS_FILE
+  path.write_text('{"epoch": 1, "st')
+  writer = metrics_lib.MetricWriter(str(tmp_path))
+  writer.truncate_after(0)
+  writer.write({"epoch": 1, "step": 8, "train_loss": 2.0})
+  writer.close()
+  assert read_metrics(tmp_path) == [{"epoch": 1, "step": 8, "train_loss": 2.0}]
