@@ -312,6 +312,7 @@ class Checkpointer:
     meta = self.read_meta(step)
     saved = meta.get("structure")
     if saved is not None and saved.get("digest") != expected["digest"]:
+      self._check_intact(step)  # A damaged meta can claim any structure: damage first.
       raise ModelMismatch(
           f"the checkpoint of step {step} in {self.directory} holds a state of "
           f"{saved.get('values')} values in {saved.get('arrays')} arrays; the config's model "
@@ -330,6 +331,16 @@ class Checkpointer:
     meta.pop("checksum", None)
     meta.pop("structure", None)
     return flax.serialization.from_state_dict(state, restored["state"]), meta
+
+  def _check_intact(self, step: int) -> None:
+    """Restores `step` without a template and checks its checksum (raises ValueError if it
+    does not match): only an intact checkpoint can tell that the model differs."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    meta = dict(restored["meta"])
+    if "checksum" in meta and meta["checksum"] != checksum(restored["state"], meta):
+      raise ValueError("the checksum over its state and meta does not match the one saved "
+                       "with it")
 
   def restore_latest_good(self, state):
     """(state, meta) from the newest checkpoint that restores intact, or None if none does.

@@ -254,6 +254,8 @@ class _Run:
     where the run can continue from."""
     try:
       self.ckpt.wait()
+      if self.pending_row is not None and self.pending_row["step"] < first_bad:
+        self.writer.write(self.pending_row)  # A healthy epoch: its checkpoint is kept.
     except checkpoint.WriteError:
       pass
     self.pending_row = None

@@ -255,6 +255,22 @@ def test_checksum_covers_meta(tmp_path, caplog):
   assert len(lines) == 1 and "checksum" in lines[0] and "falling back to step 1" in lines[0]
 
 
+def test_a_tampered_structure_in_meta_is_damage_not_a_model_change(tmp_path, caplog):
+  """meta's structure digest edited (valid JSON): the checksum shows the checkpoint damaged,
+  so the run falls back to the previous one instead of refusing 'a different model'."""
+  state = _saved(tmp_path)
+  meta = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+  saved = json.loads(meta.read_text())
+  digest = saved["structure"]["digest"]
+  meta.write_text(meta.read_text().replace(digest, "0" * len(digest)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  restored_state, _ = ckpt.restore_latest_good(state)
+  ckpt.close()
+  assert int(restored_state.step) == 1 and (tmp_path / "checkpoints_corrupt" / "2").exists()
+  lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+  assert len(lines) == 1 and "checksum" in lines[0]
+
+
 def test_quarantine_names_are_unique_and_every_fallback_says_so(tmp_path, caplog):
   state = _tiny_state()
   for attempt in range(3):  # The same step damaged three times.
