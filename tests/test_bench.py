@@ -279,8 +279,11 @@ def test_cpu_xla_defaults_are_set_before_jax_starts(env, want):
   (an unknown flag would abort the process)."""
   code = ("import os, rethinking, jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
           "print(os.environ['XLA_FLAGS'])")
+  # The suite itself may run with the default off (RETHINKING_XLA_DEFAULTS=0): each case
+  # sets what it tests and nothing else leaks in.
+  base = {k: v for k, v in os.environ.items() if k != "RETHINKING_XLA_DEFAULTS"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
+                        env={**base, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   import rethinking  # pylint: disable=g-import-not-at-top
   if (rethinking._jaxlib_minor() in rethinking._KNOWN_JAXLIB  # pylint: disable=protected-access
