@@ -427,7 +427,8 @@ class Checkpointer:
       try:
         self.manager.close()
       finally:
-        for name in ("absl", "asyncio"):
-          logging_lib.getLogger(name).removeFilter(self._quiet)
+        # asyncio's report of an orbax read task can come at garbage collection, after
+        # close: that filter stays (it drops only records from orbax's code).
+        logging_lib.getLogger("absl").removeFilter(self._quiet)
         if not self._failed and isinstance(sys.stderr, _DropClosedLoopNoise):
           sys.stderr = self._stderr
