@@ -31,6 +31,7 @@ from absl import flags
 import ml_collections
 
 from rethinking import runs as runs_lib
+from rethinking import validation
 from rethinking import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -121,9 +122,13 @@ def expand(sweep: str, root: str, scale: str = "paper", seeds: int = 1,
       run_overrides = {**run["overrides"], **extra, "seed": seed}
       workdir = os.path.join(os.path.abspath(root), pathlib.Path(run["config"]).stem,
                              run["name"], f"seed{seed}")
+      config = resolve_config(run["config"], run["arg"], run_overrides)
+      try:  # Every run's config checked before the first one starts.
+        validation.check_config(config)
+      except ValueError as e:
+        raise ValueError(f"run {run['name']}: {e}") from None
       jobs.append(Job(name=f"{run['name']}/seed{seed}", config_file=run["config"],
-                      arg=run["arg"], overrides=run_overrides, workdir=workdir,
-                      config=resolve_config(run["config"], run["arg"], run_overrides)))
+                      arg=run["arg"], overrides=run_overrides, workdir=workdir, config=config))
   if not jobs:
     raise ValueError(f"no runs of sweep {sweep!r} match --only={','.join(only or [])}")
   return jobs
@@ -254,29 +259,63 @@ def run_jobs(jobs: list[Job], python: str = sys.executable) -> list[Job]:
   return failed
 
 
+def expand_all(sweeps: list[str], root: str, scale: str = "paper", **kwargs) -> list[Job]:
+  """The jobs of several sweeps, in order; a run in two of them (Table 1's Inception is
+  Figure 1a's true labels) once. An `only` pattern may match in any one of them."""
+  only = kwargs.pop("only", None)
+  jobs = {}
+  for name in sweeps:
+    for job in expand(name, root, scale, **kwargs):
+      if not only or any(fnmatch.fnmatchcase(job.name.rpartition("/")[0], p) for p in only):
+        jobs.setdefault(job.workdir, job)
+  if not jobs:
+    raise ValueError(f"no runs of sweep {','.join(sweeps)!r} match --only={','.join(only)}")
+  return list(jobs.values())
+
+
+def fit_threshold(scale: str) -> float:
+  """The train accuracy at which the report reads Figure 1b's time to fit at `scale`."""
+  from rethinking import paper  # pylint: disable=g-import-not-at-top
+  sweeps = _load_module(REPO / "configs" / "sweeps.py", "the sweep definitions")
+  return sweeps.FIT_THRESHOLDS.get(scale, paper.FIT_THRESHOLD)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  jobs = expand(FLAGS.sweep, FLAGS.root, FLAGS.scale, FLAGS.seeds, FLAGS.dataset,
-                parse_sets(FLAGS.set), FLAGS.only)
+  try:
+    jobs = expand_all(FLAGS.sweep, FLAGS.root, FLAGS.scale, seeds=FLAGS.seeds,
+                      dataset=FLAGS.dataset, overrides=parse_sets(FLAGS.set), only=FLAGS.only)
+  except (ValueError, TypeError, KeyError) as e:  # Unknown sweep, bad --set, empty --only.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  name = "+".join(FLAGS.sweep)
   if FLAGS.emit == "commands":
     print("\n".join(shlex.join(job.command()) for job in jobs))
   elif FLAGS.emit == "slurm":
     os.makedirs(os.path.join(FLAGS.root, "slurm"), exist_ok=True)  # SLURM makes no log dirs.
-    path = os.path.join(FLAGS.root, f"{FLAGS.sweep}.sbatch")
+    path = os.path.join(FLAGS.root, f"{name}.sbatch")
     with open(path, "w") as f:
-      f.write(slurm_script(jobs, FLAGS.sweep, FLAGS.root, FLAGS.venv))
+      f.write(slurm_script(jobs, name, FLAGS.root, FLAGS.venv))
     print(f"wrote {path} ({len(jobs)} array tasks); run from anywhere: sbatch {path}")
   elif FLAGS.dry_run:
     for i, job in enumerate(jobs, 1):
       print(f"{i:3d} {job.status():8s} {job.name:50s} {shlex.join(job.command()[3:])}")
-  elif run_jobs(jobs):
-    sys.exit(1)
+  else:
+    failed = run_jobs(jobs)
+    if FLAGS.report:
+      from rethinking import report  # pylint: disable=g-import-not-at-top
+      threshold = fit_threshold(FLAGS.scale)
+      print(f"wrote {report.write_report(FLAGS.root, FLAGS.report, threshold)} (time to fit "
+            f"at {threshold:.0%} train accuracy)", flush=True)
+    if failed:
+      sys.exit(1)
 
 
 def define_flags() -> None:
   """The command-line flags (defined only when run as a program, so modules can share names)."""
-  flags.DEFINE_string("sweep", None, "A sweep of configs/sweeps.py, e.g. table1 or figure1bc.")
+  flags.DEFINE_list("sweep", None, "Sweeps of configs/sweeps.py, e.g. table1 or "
+                    "figure1bc,figure1a (run in that order).")
   flags.DEFINE_string("root", None, "Directory under which each run gets its workdir.")
   flags.DEFINE_enum("scale", "paper", ["paper", "runlocal", "cpu"],
                     "runlocal: shrunk for a CPU; cpu: sized so Figures 1a-1c show on a CPU.")
@@ -287,6 +326,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("dry_run", False, "List the runs and their status; run nothing.")
   flags.DEFINE_enum("emit", None, ["commands", "slurm"],
                     "Print one command per run, or write <root>/<sweep>.sbatch; run nothing.")
+  flags.DEFINE_string("report", None, "After the runs, write the report of every run under "
+                      "--root here (rethinking.report; Figure 1b read at the scale's fit "
+                      "threshold: 90% at cpu scale).")
   flags.DEFINE_string("venv", None, "--emit=slurm: the Python environment each job activates "
                       "(default: the one running this command, else <repo>/.venv).")
   flags.mark_flags_as_required(["sweep", "root"])

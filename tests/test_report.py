@@ -82,6 +82,8 @@ def out(tmp_path_factory):
   write_run(root, "inc", "model=inception_small", curve(8, test=0.8), num_epochs=8)
   write_run(root, "inc_rand", "model=inception_small,corruption=random_labels",
             curve(4, test=0.1, loss0=0.1), num_epochs=4)
+  write_run(root, "inc_gauss", "model=inception_small,corruption=gaussian_pixels",
+            curve(4, test=0.1, loss0=0.1), num_epochs=4)
   out = tmp_path / "report"
   assert report.write_report(str(root), str(out)) == str(out / "index.md")
   return out
@@ -137,13 +139,17 @@ def test_figure1bc_relative_time_and_test_error(out):
 
 def test_figure1a_and_figure2_curves(out):
   loss = read_csv(out / "figure1a.csv")
-  assert {r["setting"] for r in loss} == {"none", "random_labels"}
+  assert {r["setting"] for r in loss} == {"none", "random_labels", "gaussian_pixels"}
+  # Only Inception has a pixel-corruption run: the MLP's Table 1 runs are not a panel.
+  assert {r["model"] for r in loss} == {"inception_small"}
   rand = [float(r["train_loss"]) for r in loss if r["setting"] == "random_labels"]
   assert rand == [0.1 / 2 ** e for e in range(1, 5)]
-  steps = {r[0]: r[1:] for r in table_rows(out / "figure1a.md")}
-  assert steps["random labels"] == ["14.5", "0.04", "1"]  # 0.1 / 2**4 < 0.01 at step 40.
-  assert steps["true labels"] == ["4.7", "0.08", "1"]  # 2.3 / 2**8 < 0.01 at step 80.
-  assert steps["gaussian"] == ["8.6", "missing", "0"]
+  steps = {(r[0], r[1]): r[2:] for r in table_rows(out / "figure1a.md")}
+  inc = "inception_small"
+  assert steps[inc, "random labels"] == ["14.5", "0.04", "1"]  # 0.1 / 2**4 < 0.01 at step 40.
+  assert steps[inc, "true labels"] == ["4.7", "0.08", "1"]  # 2.3 / 2**8 < 0.01 at step 80.
+  assert steps[inc, "gaussian"] == ["8.6", "0.04", "1"]
+  assert steps[inc, "random pixels"] == ["9.4", "missing", "0"]
   acc = [r for r in read_csv(out / "figure2.csv") if r["model"] == "inception_small"]
   assert [r["best"] for r in acc] == ["False"] * 7 + ["True"]
   assert not any(r["model"] == "inception_small_nobn" for r in read_csv(out / "figure2.csv"))
@@ -159,7 +165,7 @@ def test_figures_render_and_index_shows_everything(out):
   for name in ("figure1a.png", "figure1b.png", "figure1c.png", "figure2.png", "table1.md",
                "Table 2", "Table 4", "figure1b.csv"):
     assert name in index
-  assert "11 runs under" in index and "(10 finished)" in index
+  assert "12 runs under" in index and "(11 finished)" in index
 
 
 def test_empty_root_gives_missing_tables_and_no_figures(tmp_path):
@@ -217,3 +223,22 @@ def test_time_to_fit_is_read_at_the_threshold_and_at_100_percent(tmp_path):
   assert table["mlp_1x512", "1.0"][1:3] == [
       "2.50", "missing (0 of 1 runs); 1 not reached in 6 epochs"]
   assert report.steps_to_accuracy(report.runs_lib.read_run(str(root / "p0" / "seed0")), 1.0) == 40
+
+
+def test_figure1a_has_a_panel_per_model_with_pixel_runs(tmp_path):
+  """The CPU scale runs Figure 1a on alexnet_small: its panel sits beside Inception's,
+  each setting read per model (a mix-up of models would swap the step counts)."""
+  root = tmp_path / "runs"
+  for model, loss0 in (("inception_small", 2.3), ("alexnet_small", 0.1)):
+    for corruption in ("none", "shuffled_pixels"):
+      write_run(root, f"{model}-{corruption}", f"model={model},corruption={corruption}",
+                curve(9, loss0=loss0), num_epochs=9)
+  write_run(root, "mlp", "model=mlp_1x512", curve(9), num_epochs=9)  # Table 1 only.
+  out = tmp_path / "out"
+  report.write_report(str(root), str(out))
+  steps = {(r[0], r[1]): r[3] for r in table_rows(out / "figure1a.md")}
+  assert steps == {(m, s): v for m, v in (("inception_small", "0.08"), ("alexnet_small", "0.04"))
+                   for s in ("true labels", "shuffled pixels")} | {
+      (m, s): "missing" for m in ("inception_small", "alexnet_small")
+      for s in ("random labels", "random pixels", "gaussian")}
+  assert matplotlib.image.imread(out / "figure1a.png").shape[:2] == (400, 1200)

@@ -193,14 +193,13 @@ def test_runlocal_sweep_end_to_end_skips_resumes_and_reports(tmp_path, cifar_npz
   assert [r["epoch"] for r in first] == [1] and first[0]["corruption"] == "partial_labels"
 
   assert run_sweep("--set=num_epochs=1").count("finished, skipped") == 2
-  out3 = run_sweep("--set=num_epochs=2", "--only=mlp_1x512-p0.0-fit")
+  out3 = run_sweep("--set=num_epochs=2", "--only=mlp_1x512-p0.0-fit", f"--report={out}")
   assert "(resuming)" in out3
   rows = read_metrics(p0)
   assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == first[0]
 
-  proc = subprocess.run([sys.executable, "-m", "rethinking.report", f"--root={root}",
-                         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  # --report: the report of every run under the root, read at runlocal's threshold.
+  assert f"wrote {out / 'index.md'} (time to fit at 98% train accuracy)" in out3
   index = (out / "index.md").read_text()
   assert "2 runs under" in index and "![Figure 1c" in index
   assert (out / "figure1c.png").stat().st_size > 10_000
@@ -210,6 +209,27 @@ def test_runlocal_sweep_end_to_end_skips_resumes_and_reports(tmp_path, cifar_npz
   last_p0 = read_metrics(p0)[-1]
   assert ("0.0", round(1 - last_p0["test_accuracy"], 6)) in errors
 
+
+
+def test_several_sweeps_run_as_one_and_bad_input_is_one_line(tmp_path):
+  jobs = sweep.expand_all(["table1", "figure1a"], str(tmp_path))
+  assert len(jobs) == 19 + 3  # Figure 1a's true and random labels are Table 1 runs.
+  assert len({j.workdir for j in jobs}) == len(jobs)
+  only = sweep.expand_all(["figure1bc", "figure1a"], str(tmp_path), "cpu",
+                          only=["alexnet_small-p1.0-fit", "*_pixels"])
+  assert [j.name for j in only] == ["alexnet_small-p1.0-fit/seed0"] + [
+      f"alexnet_small-{c}_pixels/seed0" for c in ("shuffled", "random", "gaussian")]
+  assert sweep.fit_threshold("cpu") == 0.9 and sweep.fit_threshold("paper") == paper.FIT_THRESHOLD
+  for args, message in (
+      (["--sweep=table1,nosuch"], "error: unknown sweep 'nosuch'; known: table1, figure1a"),
+      (["--sweep=table1", "--set=model=resnet"],
+       "error: run inception_small-crop-wd: config.model='resnet' is not allowed"),
+      (["--sweep=table1", "--only=zz*"], "error: no runs of sweep 'table1' match --only=zz*")):
+    proc = subprocess.run([sys.executable, "-m", "rethinking.sweep", f"--root={tmp_path}", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+  assert os.listdir(tmp_path) == []  # Nothing started.
 
 
 def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_path):
@@ -223,7 +243,10 @@ def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_p
   inc = by_name["inception_small-p0.0-fit/seed0"]
   assert (inc.resize, inc.bn_momentum) == (12, 0.9)
   figure1a = _expand("figure1a", tmp_path, scale="cpu")
-  assert len(figure1a) == 5 and {(j.config.num_train, j.config.num_epochs) for j in figure1a} == {
-      (2000, 40)}
+  assert len(figure1a) == 5 and {
+      (j.config.model, j.config.num_train, j.config.resize, j.config.num_epochs)
+      for j in figure1a} == {("alexnet_small", 5000, 16, 80)}
+  assert {j.config.corruption for j in figure1a} == {
+      "none", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_pixels"}
   with pytest.raises(ValueError, match="--scale=cpu is sized for figure1a, figure1bc"):
     _expand("table1", tmp_path, scale="cpu")
