@@ -33,7 +33,12 @@ def test_quick_benchmark_writes_every_field(tmp_path):
 
   env = r["environment"]
   assert {"xla_flags", "load_average_start", "load_average_end", "jax", "cpu",
-          "cpu_steal_fraction"} <= set(env)
+          "cpu_steal_fraction", "cpu_flags", "cpu_cores", "cpus_usable",
+          "rethinking_xla_defaults", "xla_defaults", "xla_defaults_in_effect"} <= set(env)
+  assert env["cpu_count"] >= env["cpus_usable"] >= 1
+  # What `import rethinking` added is in the flags jax ran with, and said so.
+  assert set(env["xla_defaults_in_effect"]) <= set(env["xla_flags"].split())
+  assert f"XLA_FLAGS={env['xla_flags']!r}" in proc.stdout
   assert r["matmul_peak"]["gflops"] > 0
 
   (m,) = r["models"]
@@ -304,3 +309,106 @@ def test_torch_reference_models_have_the_flax_models_parameter_counts():
     init = functools.partial(get_model(name, num_classes=10).init, train=False)
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 3)))
     assert sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes["params"])) == count
+
+
+# Two machines side by side: `--compare` on two bench JSON files, nothing measured.
+
+SAPPHIRE_RAPIDS = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+physical id\t: 0
+core id\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_fp16
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+physical id\t: 0
+core id\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_fp16
+"""
+
+
+def test_cpu_info_reads_the_model_isa_flags_and_cores():
+  from rethinking.bench import environment  # pylint: disable=g-import-not-at-top
+  info = environment.cpu_info(SAPPHIRE_RAPIDS)
+  assert info == {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "cpu_vendor": "GenuineIntel",
+                  "cpu_flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                                "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                                "amx_bf16", "amx_int8"],
+                  "cpu_cores": 2}
+
+
+def _bench_run(path, cpuinfo, xla_defaults, train, torch):
+  """A bench JSON as run_all writes it: this process's environment (the CPU fields from
+  `cpuinfo`, or this machine's), model rows through the bench's own `derived`."""
+  from rethinking.bench import environment  # pylint: disable=g-import-not-at-top
+  from rethinking.bench import steps  # pylint: disable=g-import-not-at-top
+  env = dict(environment.environment(), load_average_end=[0.5, 0.5, 0.5])
+  if cpuinfo:
+    env.update(environment.cpu_info(cpuinfo))
+  env["rethinking_xla_defaults"] = "1" if xla_defaults else "0"
+  env["xla_defaults_in_effect"] = env["xla_defaults"] if xla_defaults else []
+  models = []
+  for (name, rate), torch_rate in zip(train.items(), torch):
+    row = {"model": name, "image_size": 28, "batch_size": 128,
+           "train": {"images_per_s": rate, "step_ms": 128e3 / rate}}
+    if torch_rate:
+      row["torch_measured"] = {"images_per_s": torch_rate}
+    steps.derived(row, peak_gflops=100.0)
+    models.append(row)
+  path.write_text(json.dumps({"schema": 2, "environment": env, "models": models}))
+  return str(path)
+
+
+def _compare(*args):
+  return subprocess.run([sys.executable, "-m", "rethinking.bench", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_compare_prints_two_runs_side_by_side(tmp_path):
+  a = _bench_run(tmp_path / "amd.json", None, True,
+                 {"mlp_1x512": 17_331, "alexnet_small": 424, "inception_small": 67},
+                 [17_000, 307, 69])
+  # The second run lacks inception_small and has a model the first lacks.
+  b = _bench_run(tmp_path / "intel.json", SAPPHIRE_RAPIDS, False,
+                 {"alexnet_small": 421, "mlp_1x512": 20_000, "mlp_3x512": 9_000},
+                 [579, 21_276, None])
+  proc = _compare(f"--compare={a},{b}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert f"A: {a}" in out and f"B: {b}" in out
+  assert "Intel(R) Xeon(R) Platinum 8480+" in out and "amx_bf16" in out
+  assert "RETHINKING_XLA_DEFAULTS=0): none in effect" in out
+  rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+          if line.split() and line.split()[0].endswith("@28/128")}
+  # A train, torch, ratio; B train, torch, ratio; B/A train.
+  assert rows["mlp_1x512@28/128"] == ["17,331", "17,000", "1.02", "20,000", "21,276", "0.94",
+                                      "1.15"]
+  assert rows["alexnet_small@28/128"] == ["424", "307", "1.38", "421", "579", "0.73", "0.99"]
+  assert rows["inception_small@28/128"] == ["67", "69", "0.97", "-", "-", "-", "-"]
+  # No torch measured for mlp_3x512 in B: issue 7's reference figure, and its source said.
+  assert rows["mlp_3x512@28/128"] == ["-", "-", "-", "9,000", "12,300", "0.73", "-"]
+  assert "torch B: issue 7 reference, measured in this run" in out
+  assert list(rows) == ["mlp_1x512@28/128", "alexnet_small@28/128", "inception_small@28/128",
+                        "mlp_3x512@28/128"]
+
+
+@pytest.mark.parametrize("value,piece", [
+    ("{a}", "expected two bench JSON files"),
+    ("{a},{a},{a}", "expected two bench JSON files"),
+    ("{a},{missing}", "No such file"),
+    ("{a},{other}", "not a bench run"),
+    ("{a},{broken}", "not JSON"),
+])
+def test_compare_mistake_is_one_line(tmp_path, value, piece):
+  a = tmp_path / "a.json"
+  a.write_text(json.dumps({"environment": {}, "models": []}))
+  (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+  (tmp_path / "broken.json").write_text("{")
+  value = value.format(a=a, missing=tmp_path / "missing.json", other=tmp_path / "other.json",
+                       broken=tmp_path / "broken.json")
+  proc = _compare(f"--compare={value}")
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f"error: --compare={value}: ") and piece in lines[0], lines[0]
+  assert not proc.stdout

@@ -111,9 +111,9 @@ def test_data_parallel_task_compiles_each_step_once(tmp_path, caplog):
   """pmap keys its compilations on where the inputs live: a fresh state, each epoch's
   new sums and each evaluation's must reuse the steps' first compilation (else an
   Inception V3 run compiles its train step three times, ~20 s each on a CPU)."""
-  from rethinking import bench  # pylint: disable=g-import-not-at-top
   from rethinking import train  # pylint: disable=g-import-not-at-top
-  bench._write_jpeg_folder(tmp_path, per_class=8, scale=0.1)  # pylint: disable=protected-access
+  from rethinking.bench import pipelines  # pylint: disable=g-import-not-at-top
+  pipelines.write_jpeg_folder(tmp_path, per_class=8, scale=0.1)
   config = _imagenet_config().get_config("runlocal")
   config.update(dataset=str(tmp_path), model="mlp_1x512", image_size=16, batch_size=8,
                 eval_batch_size=8)
