@@ -70,6 +70,7 @@ Appendix E / Table 4 (random labels with regularizers):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from rethinking.config_args import parse_arg
 
@@ -112,7 +113,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.weight_decay = WEIGHT_DECAY if arg.wd else 0.0
   config.dropout_rate = 0.0
   config.bn_momentum = 0.99  # Running-average decay of BatchNorm statistics (TF's default).
-  config.half_precision = False  # bfloat16 compute, float32 parameters.
+  # bfloat16 compute, float32 parameters. None = auto: on for a GPU/TPU, off for a CPU
+  # (rethinking/backend_defaults.py); float32 anywhere: --config.half_precision=False.
+  config.half_precision = config_dict.placeholder(bool)
 
   # Optimization (Appendix A).
   config.batch_size = 128
@@ -126,12 +129,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # Evaluation, logging and checkpoints.
   config.eval_batch_size = 1000
-  config.eval_train = True  # A full eval-mode pass over the training set each epoch.
+  config.eval_train = True  # A full eval-mode pass over the training set (train_eval_*).
+  # That pass every k epochs and at the last; every epoch for a run with
+  # stop_at_train_accuracy (its fit check reads it, see loop.evaluates_train_set).
+  config.eval_train_every_epochs = 1
   config.log_every_steps = 50  # Host syncs for the progress bar; nothing per step.
-  config.steps_per_dispatch = 1  # >1 fuses several train steps into one device call.
+  # Train steps fused into one device call; 0 = auto: 1 on a CPU, 16 on a GPU/TPU.
+  config.steps_per_dispatch = 0
   config.checkpoint_every_steps = 0  # 0 = once per epoch only.
   config.keep_checkpoints = 2  # The latest N; the best by test accuracy is kept too.
   config.allow_config_change = False  # True: resume a workdir despite changed identity fields.
+  # The share of GPU memory this process takes (XLA_PYTHON_CLIENT_MEM_FRACTION, applied by
+  # rethinking.main); 0 = JAX's default (75%). E.g. 0.2 for several small runs on one GPU.
+  config.memory_fraction = 0.0
 
   if arg.runlocal:
     config.num_train = 1000

@@ -27,6 +27,7 @@ On a CPU, 8 fake devices, a tiny image folder (<dir>/train/<class>/*.JPEG,
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from rethinking.config_args import parse_arg
 
@@ -57,7 +58,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # asynchronous workers, each normalizing by its own batch; 8 GPUs x 128 is not 50 x 32).
   config.bn_sync = True
   config.bn_momentum = 0.9997  # TF-slim Inception V3's batch_norm_decay (Keras: 0.99).
-  config.half_precision = False  # bfloat16 compute on accelerators, float32 parameters.
+  # bfloat16 compute, float32 parameters. None = auto: on for a GPU/TPU, off for a CPU;
+  # float32 anywhere: --config.half_precision=False.
+  config.half_precision = config_dict.placeholder(bool)
 
   # Synchronous SGD standing in for the paper's asynchronous RMSProp/SGD on 50 workers.
   config.batch_size = 1024  # Global; split evenly over all devices.
@@ -71,10 +74,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   config.eval_batch_size = 1024  # Global.
   config.log_every_steps = 100
+  # 1, not auto: the pmapped task makes one call per step whatever this says (its
+  # Inception V3 steps are long enough); more would only queue steps, and their input
+  # batches, further ahead of the device.
   config.steps_per_dispatch = 1
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 2
   config.allow_config_change = False
+  config.memory_fraction = 0.0  # Of GPU memory per process; 0 = JAX's default (75%).
 
   if arg.runlocal:
     config.image_size = 75  # Inception V3's minimum.

@@ -109,6 +109,7 @@ def main(argv):
   if FLAGS.verbosity < 1:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines.
+  apply_memory_fraction(FLAGS.config, os.environ)  # Before JAX is imported.
   _enable_compilation_cache()
   from rethinking import distributed  # pylint: disable=g-import-not-at-top
   from rethinking import preemption  # pylint: disable=g-import-not-at-top
@@ -135,6 +136,23 @@ def _final_line(row: dict, workdir: str) -> str:
   return (f"done: epoch {row['epoch']} (step {row['step']}), train accuracy {train_acc:.4f}, "
           f"test accuracy {row['test_accuracy']:.4f} (best {row['best_test_accuracy']:.4f} at "
           f"epoch {row['best_epoch']}); metrics in {os.path.join(workdir, 'metrics.jsonl')}")
+
+
+def apply_memory_fraction(config, environ) -> None:
+  """Sets XLA_CLIENT_MEM_FRACTION in `environ` from config.memory_fraction.
+
+  JAX preallocates that share of each GPU's memory (0.75 by default) when it creates
+  its GPU client, so several small runs sharing a GPU each need a smaller one, set
+  before JAX is imported. (jaxlib 0.10 reads XLA_CLIENT_MEM_FRACTION, or the
+  deprecated XLA_PYTHON_CLIENT_MEM_FRACTION, and refuses both at once: the config
+  replaces the old one.) 0 leaves the environment as it is: JAX's default, or the
+  caller's own setting. A value outside (0, 1] is left alone here:
+  validation.check_config refuses it with one `error:` line before anything runs.
+  """
+  fraction = config.get("memory_fraction", 0)
+  if isinstance(fraction, float) and 0 < fraction <= 1:
+    environ.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
+    environ["XLA_CLIENT_MEM_FRACTION"] = f"{fraction:g}"
 
 
 def _enable_compilation_cache() -> None:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rethinking import backend_defaults
 from rethinking import loop
 from rethinking import optim
 from rethinking import step as step_lib
@@ -134,7 +135,7 @@ class DataParallelTask:
   def __init__(self, config: ml_collections.ConfigDict, pipeline: Any):
     self.config, self.pipeline = config, pipeline
     self.steps_per_epoch = pipeline.steps_per_epoch
-    self.dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    self.dtype = jnp.bfloat16 if backend_defaults.half_precision(config) else jnp.float32
     aux = config.get("aux_loss_weight", 0.0)
     self.model = get_model(config.model, num_classes=pipeline.num_classes,
                            dropout_rate=config.dropout_rate, dtype=self.dtype, axis_name=AXIS,
@@ -178,7 +179,8 @@ class DataParallelTask:
       self._next_step = None  # The next epoch starts a new iterator.
     return state, sums
 
-  def evaluate(self, state) -> dict[str, Any]:
+  def evaluate(self, state, train_set: bool = True) -> dict[str, Any]:
+    del train_set  # No pass over the training set here: ImageNet's is a whole epoch.
     sums = replicated(loop.zero_sums())
     for batch in self.pipeline.eval_batches():
       sums = self._eval(state, sums, batch)

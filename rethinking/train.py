@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from typing import Any
 
 from absl import logging
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rethinking import backend_defaults
 from rethinking import loop
 from rethinking import optim
 from rethinking import preemption
@@ -117,9 +119,11 @@ def train_steps(state: step_lib.TrainState, sums: dict[str, jax.Array], num_step
   (small models on fast accelerators). Not on XLA's CPU backend: there a
   convolution's gradient inside any loop runs ~20x slower than outside it
   (alexnet_small, batch 128: 0.55 s/step plain, 11 s/step in a fori_loop or scan),
-  hence the default steps_per_dispatch = 1.
+  hence steps_per_dispatch = 1 on a CPU by default (backend_defaults).
   Each step's batch and augmentation depend only on (keys, state.step), so any
-  chunking of the same steps gives the same result.
+  chunking of the same steps trains the same state: bit for bit for the MLPs on a
+  CPU; a fused conv net's program rounds differently (alexnet_small: ~5e-6 in the
+  parameters after 4 steps).
   """
 
   def one_step(carry, _=None):
@@ -151,7 +155,7 @@ class InMemoryTask:
     num_train, channels = data.x_train.shape[0], data.x_train.shape[-1]
     num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
     self.steps_per_epoch = in_memory.steps_per_epoch(num_train, config.batch_size)
-    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    dtype = jnp.bfloat16 if backend_defaults.half_precision(config) else jnp.float32
     self.model = get_model(config.model, num_classes=num_classes,
                            dropout_rate=config.dropout_rate, dtype=dtype,
                            bn_momentum=config.get("bn_momentum", 0.99))
@@ -223,9 +227,9 @@ class InMemoryTask:
       sums = self._eval_batch(state, sums, x, y, masks, b_idx, b_valid)
     return sums
 
-  def evaluate(self, state) -> dict[str, Any]:
+  def evaluate(self, state, train_set: bool = True) -> dict[str, Any]:
     row = {}
-    if self.config.eval_train:
+    if self.config.eval_train and train_set:
       sums = self._evaluate(state, self.x_train, self.y_train, self.train_groups)
       row.update(loop.means(sums, "train_eval", 0))
       row.pop("train_eval_top5_accuracy")
@@ -263,20 +267,37 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     make_task = _data_parallel_task(config)
   else:
     data = load_data(config)
-    make_task = lambda: InMemoryTask(config, data)
+    make_task = lambda config: InMemoryTask(config, data)
+  # The auto fields, resolved once: the task, the loop and config.json see these values.
+  recorded = workdir_lib.effective_config(workdir) if workdir_lib.has_progress(workdir) else None
+  config = backend_defaults.resolve(config, recorded)
+  _check_memory_fraction(config)
   workdir_lib.check_resumable(config, workdir)
   preemption.check("before the workdir was opened")
   with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
     loop.prepare_workdir(config, workdir)
-    task = make_task()
+    task = make_task(config)
     preemption.check("before the first step")
     logging.info("Config (validated):\n%s", config)  # Logged only once it is known good.
     logging.info("Run: %s", json.dumps(task.run_info))
     return loop.run(config, workdir, task)
 
 
+def _check_memory_fraction(config: ml_collections.ConfigDict) -> None:
+  """Warns when config.memory_fraction cannot apply: JAX took its GPU memory when
+  it started, and only `python -m rethinking.main` sets it before that."""
+  fraction = config.get("memory_fraction", 0)
+  applied = os.environ.get("XLA_CLIENT_MEM_FRACTION",
+                           os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""))
+  if fraction and jax.default_backend() == "gpu" and applied != f"{fraction:g}":
+    logging.warning("config.memory_fraction=%g does not apply in this process: JAX took its "
+                    "GPU memory when it started. Run through `python -m rethinking.main`, or "
+                    "set XLA_CLIENT_MEM_FRACTION=%g before importing jax.", fraction, fraction)
+
+
 def _data_parallel_task(config: ml_collections.ConfigDict):
-  """Builds the ImageNet input (validating it) and returns the task's constructor."""
+  """Builds the ImageNet input (validating it) and returns the task's constructor, which
+  takes the resolved config (default: `config`)."""
   from rethinking import parallel  # pylint: disable=g-import-not-at-top
   from rethinking.data import imagenet  # pylint: disable=g-import-not-at-top
   per_device = parallel.check_batch(config.batch_size)
@@ -287,4 +308,4 @@ def _data_parallel_task(config: ml_collections.ConfigDict):
       augment=config.augment != "none", corruption=config.corruption,
       corrupt_prob=config.corrupt_prob, seed=data_seed(config), num_train=config.num_train,
       min_image_size=1)  # validation.check_config owns the per-model minimum.
-  return lambda: parallel.DataParallelTask(config, pipeline)
+  return lambda resolved=config: parallel.DataParallelTask(resolved, pipeline)

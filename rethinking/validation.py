@@ -11,6 +11,7 @@ import math
 import ml_collections
 import numpy as np
 
+from rethinking import backend_defaults
 from rethinking.data import arrays
 from rethinking.data import corruptions
 from rethinking.data import preprocess
@@ -59,9 +60,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _fail("corrupt_prob", config.corrupt_prob, f"only corruption=partial_labels reads it "
           f"(corruption={config.corruption!r}); leave it 0 or use corruption=partial_labels")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                "steps_per_dispatch", "keep_checkpoints", "image_size"):
-    if config[field] <= 0:
+                "keep_checkpoints", "image_size", "eval_train_every_epochs"):
+    if config.get(field, 1) <= 0:
       _fail(field, config[field], "expected a positive integer")
+  if config.get("steps_per_dispatch", 0) < 0:
+    _fail("steps_per_dispatch", config.steps_per_dispatch,
+          "expected a positive integer, or 0 for the backend's default (1 on a CPU, "
+          f"{backend_defaults.FUSED_STEPS} on a GPU/TPU)")
+  if not (config.get("memory_fraction", 0) == 0 or 0 < config.memory_fraction <= 1):
+    _fail("memory_fraction", config.memory_fraction,
+          "expected a fraction of GPU memory in (0, 1], or 0 for JAX's default (0.75)")
   for field in ("num_train", "num_test", "checkpoint_every_steps"):
     if config.get(field, 0) < 0:
       _fail(field, config[field], "expected 0 (all / off) or a positive integer")

@@ -35,16 +35,20 @@ MAY_NOT_CHANGE = (
     "bn_sync", "half_precision",
     # Optimization: the trajectory itself.
     "batch_size", "base_batch_size", "learning_rate", "lr_decay", "momentum", "seed",
-    # Fused steps round differently from single steps (allclose, not equal).
-    "steps_per_dispatch",
     # Evaluation: batch sums round differently (test_loss's last digits), and
     # eval_train decides what the fit criterion reads.
     "eval_batch_size", "eval_train",
 )
 # What may change on resume: how long, when to stop, logging, checkpoint cadence,
-# where TFDS keeps its files, and this switch.
+# how often the training set is evaluated (rows without it hold no train_eval_*;
+# a fit check's run evaluates it every epoch), where TFDS keeps its files, GPU
+# memory, and this switch. And steps_per_dispatch: the same steps, batches and keys
+# in any chunking (train.train_steps), rounded by another program (a conv net's
+# last digits), as a resume on another backend is anyway; its default is per
+# backend, so a run moved from a GPU to a CPU must be able to take 1.
 MAY_CHANGE = ("num_epochs", "stop_at_train_accuracy", "log_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "data_dir", "allow_config_change")
+              "checkpoint_every_steps", "keep_checkpoints", "data_dir", "allow_config_change",
+              "steps_per_dispatch", "eval_train_every_epochs", "memory_fraction")
 # Never, even with allow_config_change: the checkpoints hold this model's parameters.
 STRUCTURAL = ("model", "pipeline", "aux_loss_weight")
 
@@ -145,8 +149,11 @@ def read_history(workdir: str) -> list[dict]:
 
 
 def _diffs(saved: dict, config: ml_collections.ConfigDict, fields) -> dict:
+  # A field left None (auto: half_precision) takes the workdir's value on resume
+  # (backend_defaults.resolve), so it never differs; a sweep checks its jobs' configs
+  # here before any run resolves them.
   return {k: (saved[k], config[k]) for k in fields
-          if k in saved and k in config and saved[k] != config[k]}
+          if k in saved and k in config and config[k] is not None and saved[k] != config[k]}
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str,

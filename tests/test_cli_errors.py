@@ -53,6 +53,9 @@ CASES = {
                       ["workdr", "workdir"]),
     "positional argument": (["--config=configs/cifar10.py", "extra"],
                             ["unexpected arguments", "extra"]),
+    "auto field given a word": (["--config=configs/cifar10.py",
+                                 "--config.half_precision=maybe"],
+                                ["--config.half_precision=maybe", "boolean"]),
 }
 
 
@@ -113,6 +116,43 @@ def test_bad_config_value_is_one_line_without_config_dump(tmp_path):
   assert_one_error_line(proc, "config.model='resnet'", "mlp_1x512")
   assert "Config" not in proc.stderr and "backend" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.2"])
+def test_bad_memory_fraction_is_one_line(tmp_path, value):
+  proc, _ = run_cli("--config=configs/cifar10.py:quickstart", f"--config.memory_fraction={value}",
+                    f"--workdir={tmp_path / 'run'}")
+  assert_one_error_line(proc, f"config.memory_fraction={float(value)}", "(0, 1]")
+  assert not (tmp_path / "run").exists()
+
+
+_RECORD_ENV_AT_JAX_START = """
+import os, sys
+from rethinking import main
+def first_jax_import():  # main's first call that imports jax
+  print("jax imported:", "jax" in sys.modules)
+  print("fractions:", os.environ.get("XLA_CLIENT_MEM_FRACTION"),
+        os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"))
+  sys.exit(0)
+main._enable_compilation_cache = first_jax_import
+sys.argv = ["main"] + sys.argv[1:]
+main.run()
+"""
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("--config.memory_fraction=0.25", "fractions: 0.25 None"),
+    ("--config.memory_fraction=0", "fractions: None 0.5"),  # 0: the caller's own setting.
+])
+def test_memory_fraction_is_set_before_jax_is_imported(tmp_path, flag, expected):
+  """JAX reads its GPU memory share once, when it starts: main sets it first (and drops
+  the deprecated variable, which jaxlib refuses beside the new one)."""
+  proc = subprocess.run(
+      [sys.executable, "-c", _RECORD_ENV_AT_JAX_START, "--config=configs/cifar10.py:quickstart",
+       flag, f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True,
+      timeout=120, env=dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.5"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "jax imported: False" in proc.stdout and expected in proc.stdout, proc.stdout
 
 
 def test_tfds_unreachable_is_one_line_within_seconds(tmp_path):

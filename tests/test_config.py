@@ -139,6 +139,10 @@ def test_cli_reports_bad_input_and_typos(tmp_path):
      r"config.corrupt_prob=0.3 .*only corruption=partial_labels reads it"),
     ({"num_test": 5000}, r"config.num_test=5000 .*1..20 \(the test set's size"),
     ({"num_train": 5000}, r"config.num_train=5000 .*1..40 \(the train set's size"),
+    ({"memory_fraction": 1.5}, r"config.memory_fraction=1.5 .*\(0, 1\], or 0"),
+    ({"memory_fraction": -0.2}, r"config.memory_fraction=-0.2 .*\(0, 1\], or 0"),
+    ({"eval_train_every_epochs": 0}, r"config.eval_train_every_epochs=0 .*positive"),
+    ({"steps_per_dispatch": -1}, r"config.steps_per_dispatch=-1 .*positive.*or 0 for"),
 ])
 def test_out_of_range_fields_fail_before_the_workdir_exists(tmp_path, changes, message):
   """Issue 15, item 8: each is one ValueError (exit 2 on the command line) naming the
