@@ -141,6 +141,27 @@ def _from_orbax(record: logging_lib.LogRecord) -> bool:
   return any("orbax" in f for f in [record.getMessage(), *files])
 
 
+def _drop_orbax_unraisable() -> None:
+  """Wraps sys.unraisablehook to drop orbax's read coroutines finalized with their error.
+
+  After a damaged array's read fails, the sibling reads (coroutines never awaited to
+  the end) raise the same error when garbage-collected, which Python prints as
+  "Exception ignored in: <coroutine ...>" with the traceback (seen 1 run in 7). The
+  damage was already reported in one line; everything else goes to the hook in place.
+  """
+  hook = sys.unraisablehook
+  if getattr(hook, "drops_orbax", False):
+    return
+
+  def quiet(unraisable):
+    tb = unraisable.exc_traceback
+    if tb is None or not any("orbax" in f.filename for f in traceback.extract_tb(tb)):
+      hook(unraisable)
+
+  quiet.drops_orbax = True
+  sys.unraisablehook = quiet
+
+
 class _DropClosedLoopNoise:
   """sys.stderr, minus one known traceback: `RuntimeError: Event loop is closed`.
 
@@ -215,6 +236,7 @@ class Checkpointer:
     # reported by us in one line (WriteError, or the damaged-checkpoint line).
     for name in ("absl", "asyncio"):
       logging_lib.getLogger(name).addFilter(self._quiet)
+    _drop_orbax_unraisable()  # For the process, as the asyncio filter.
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "meta"))
 
@@ -428,7 +450,7 @@ class Checkpointer:
         self.manager.close()
       finally:
         # asyncio's report of an orbax read task can come at garbage collection, after
-        # close: that filter stays (it drops only records from orbax's code).
+        # close: that filter and the unraisable hook stay (they drop only orbax's).
         logging_lib.getLogger("absl").removeFilter(self._quiet)
         if not self._failed and isinstance(sys.stderr, _DropClosedLoopNoise):
           sys.stderr = self._stderr
