@@ -111,9 +111,12 @@ def test_error(run: Run) -> float | None:
 
 def steps_to_accuracy(run: Run, threshold: float) -> int | None:
   """Time to fit at `threshold`: the first epoch-end step whose training-set accuracy
-  (the eval-mode pass where there is one) reaches it; None if no epoch did."""
-  return next((r["step"] for r in run.rows
-               if (_first(r, "train_eval_accuracy", "train_accuracy") or 0) >= threshold), None)
+  (the eval-mode pass where the run has one) reaches it; None if no epoch did. One
+  metric per run: with `eval_train_every_epochs` > 1 the epochs between passes have
+  only the running accuracy, which is not compared with the eval-mode one."""
+  key = ("train_eval_accuracy" if any(r.get("train_eval_accuracy") is not None
+                                      for r in run.rows) else "train_accuracy")
+  return next((r["step"] for r in run.rows if (r.get(key) or 0) >= threshold), None)
 
 
 def loss_below_step(run: Run, threshold: float = paper.FIGURE1A_LOSS_THRESHOLD) -> int | None:

@@ -242,3 +242,19 @@ def test_figure1a_has_a_panel_per_model_with_pixel_runs(tmp_path):
       (m, s): "missing" for m in ("inception_small", "alexnet_small")
       for s in ("random labels", "random pixels", "gaussian")}
   assert matplotlib.image.imread(out / "figure1a.png").shape[:2] == (400, 1200)
+
+
+def test_time_to_fit_reads_one_metric_when_the_train_set_pass_is_sparse(tmp_path):
+  """With eval_train_every_epochs=2 the odd epochs have only the running accuracy; it is
+  not mixed with the eval-mode one (it crossed 0.9 at epoch 3, the eval pass at 4)."""
+  rows = [{"epoch": e, "step": 10 * e, "train_loss": 1.0, "train_accuracy": a,
+           "test_accuracy": 0.3} for e, a in enumerate([0.5, 0.8, 0.95, 0.97], start=1)]
+  rows[1]["train_eval_accuracy"], rows[3]["train_eval_accuracy"] = 0.85, 0.99
+  write_run(tmp_path, "sparse", "model=mlp_1x512,p=0.0,fit", rows, num_epochs=4)
+  run = report.runs_lib.read_run(str(tmp_path / "sparse" / "seed0"))
+  assert report.steps_to_accuracy(run, 0.9) == 40
+  for r in rows:
+    r.pop("train_eval_accuracy", None)
+  write_run(tmp_path, "running", "model=mlp_1x512,p=0.0,fit", rows, num_epochs=4)
+  run = report.runs_lib.read_run(str(tmp_path / "running" / "seed0"))
+  assert report.steps_to_accuracy(run, 0.9) == 30  # No eval pass at all: the running one.

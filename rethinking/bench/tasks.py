@@ -53,8 +53,10 @@ def synthetic_npz(path: pathlib.Path, num_train: int, num_test: int, size: int =
 
 def in_memory_task(name: str, dataset: str, **overrides):
   """(config, train.InMemoryTask) of model `name` on `dataset` (a .npz path)."""
+  from rethinking import backend_defaults  # pylint: disable=g-import-not-at-top
   from rethinking import train  # pylint: disable=g-import-not-at-top
-  config = cifar_config(name, dataset=dataset, **overrides)
+  # As a run resolves them: the JSON then records what the task really trains with.
+  config = backend_defaults.resolve(cifar_config(name, dataset=dataset, **overrides))
   return config, train.InMemoryTask(config, train.load_data(config))
 
 
