@@ -4,6 +4,7 @@ and curves, missing runs read as missing, and the figures render."""
 import csv
 import json
 import os
+import shutil
 
 import matplotlib.image
 import pytest
@@ -176,6 +177,19 @@ def test_empty_root_gives_missing_tables_and_no_figures(tmp_path):
   assert all(r[5] == "missing" for r in table_rows(tmp_path / "out" / "table1.md"))
 
 
+def test_a_report_rewritten_in_place_drops_figures_of_runs_gone(tmp_path):
+  root, out = tmp_path / "runs", tmp_path / "out"
+  write_run(root, "inc", "model=inception_small", curve(4), num_epochs=4)
+  write_run(root, "p0", "model=mlp_1x512,p=0.0,fit", curve(9, fit_epoch=4), num_epochs=9)
+  report.write_report(str(root), str(out))
+  assert {"figure2.png", "figure2.md", "figure1b.png", "figure1bc.md"} <= set(os.listdir(out))
+  shutil.rmtree(root / "inc")
+  report.write_report(str(root), str(out))
+  left = set(os.listdir(out))
+  assert not {"figure2.png", "figure2.csv", "figure2.md", "figure2_table.csv"} & left
+  assert {"figure1b.png", "figure1bc.md", "table1.md"} <= left  # Still backed by a run.
+
+
 def test_runs_not_made_by_a_sweep_are_placed_or_listed(tmp_path):
   """The quickstart run (random labels, stopped at its fit target, the bundled sample) is
   Table 1's mlp_1x512 random-labels row at a smaller size, and Figure 1c's p = 1 point;
@@ -226,7 +240,7 @@ def test_time_to_fit_is_read_at_the_threshold_and_at_100_percent(tmp_path):
 
 
 def test_figure1a_has_a_panel_per_model_with_pixel_runs(tmp_path):
-  """The CPU scale runs Figure 1a on alexnet_small: its panel sits beside Inception's,
+  """Figure 1a of another model (the CPU scale's is mlp_1x512) sits beside Inception's,
   each setting read per model (a mix-up of models would swap the step counts)."""
   root = tmp_path / "runs"
   for model, loss0 in (("inception_small", 2.3), ("alexnet_small", 0.1)):

@@ -218,7 +218,7 @@ def test_several_sweeps_run_as_one_and_bad_input_is_one_line(tmp_path):
   only = sweep.expand_all(["figure1bc", "figure1a"], str(tmp_path), "cpu",
                           only=["alexnet_small-p1.0-fit", "*_pixels"])
   assert [j.name for j in only] == ["alexnet_small-p1.0-fit/seed0"] + [
-      f"alexnet_small-{c}_pixels/seed0" for c in ("shuffled", "random", "gaussian")]
+      f"mlp_1x512-{c}_pixels/seed0" for c in ("shuffled", "random", "gaussian")]
   assert sweep.fit_threshold("cpu") == 0.9 and sweep.fit_threshold("paper") == paper.FIT_THRESHOLD
   for args, message in (
       (["--sweep=table1,nosuch"], "error: unknown sweep 'nosuch'; known: table1, figure1a"),
@@ -245,7 +245,7 @@ def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_p
   figure1a = _expand("figure1a", tmp_path, scale="cpu")
   assert len(figure1a) == 5 and {
       (j.config.model, j.config.num_train, j.config.resize, j.config.num_epochs)
-      for j in figure1a} == {("alexnet_small", 5000, 16, 80)}
+      for j in figure1a} == {("mlp_1x512", 10_000, 0, 80)}
   assert {j.config.corruption for j in figure1a} == {
       "none", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_pixels"}
   with pytest.raises(ValueError, match="--scale=cpu is sized for figure1a, figure1bc"):
