@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+import rethinking
 from rethinking import loop
 from rethinking import train
 from rethinking.data import in_memory
@@ -271,17 +272,27 @@ def test_accumulate_sums_and_notes_the_first_nonfinite_step():
   assert int(sums["first_nonfinite_step"]) == 3 and float(sums["count"]) == 56
 
 
+def test_cpu_xla_defaults_are_chosen_per_vendor():
+  by_vendor = rethinking.CPU_XLA_FLAGS_BY_VENDOR
+  assert by_vendor["AuthenticAMD"] == ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
+  assert by_vendor["GenuineIntel"] == ()  # Measured slower there (issue 16).
+  assert rethinking.CPU_XLA_FLAGS == by_vendor.get(rethinking.cpu_vendor(), ())
+
+
+_YNN = " --xla_cpu_experimental_ynn_fusion_type=individual_dot"
+_AMD = rethinking.cpu_vendor() == "AuthenticAMD"  # Else no default flag.
+
+
 @pytest.mark.parametrize("env,want", [
     ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-     "--xla_force_host_platform_device_count=2 "
-     "--xla_cpu_experimental_ynn_fusion_type=individual_dot"),
+     "--xla_force_host_platform_device_count=2" + (_YNN if _AMD else "")),
     ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+individual_dot"},  # Theirs wins.
      "--xla_cpu_experimental_ynn_fusion_type=+individual_dot"),
     ({"XLA_FLAGS": "", "RETHINKING_XLA_DEFAULTS": "0"}, ""),
 ])
 def test_cpu_xla_defaults_are_set_before_jax_starts(env, want):
-  """`import rethinking` adds the CPU flag unless told not to; jax then runs with it
-  (an unknown flag would abort the process)."""
+  """`import rethinking` adds this CPU vendor's flag unless told not to; jax then runs
+  with it (an unknown flag would abort the process)."""
   code = ("import os, rethinking, jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
           "print(os.environ['XLA_FLAGS'])")
   # The suite itself may run with the default off (RETHINKING_XLA_DEFAULTS=0): each case
@@ -290,7 +301,6 @@ def test_cpu_xla_defaults_are_set_before_jax_starts(env, want):
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env={**base, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  import rethinking  # pylint: disable=g-import-not-at-top
   if (rethinking._jaxlib_minor() in rethinking._KNOWN_JAXLIB  # pylint: disable=protected-access
       and importlib.util.find_spec("libtpu") is None):
     assert proc.stdout.strip() == want
