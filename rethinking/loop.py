@@ -369,8 +369,7 @@ class _Run:
           progress.row = None
           self._save()
         if stop and step != epoch_end:
-          self._flush()
-          self.ckpt.wait()
+          self._flush()  # Waits for the save: the checkpoint is on disk before exit.
           raise preemption.Preempted(f"{guard.signal_name} at step {step}")
 
       row = {"epoch": epoch + 1, "step": self.step,
@@ -406,8 +405,7 @@ class _Run:
                      config.stop_at_train_accuracy, self.step)
         break
       if guard.stop_requested() and self.step < total:
-        self._flush()
-        self.ckpt.wait()
+        self._flush()  # Waits for the save: the checkpoint is on disk before exit.
         raise preemption.Preempted(f"{guard.signal_name} at step {self.step}")
     return self.last_row
 

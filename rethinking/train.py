@@ -277,7 +277,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
     loop.prepare_workdir(config, workdir)
     task = make_task(config)
-    preemption.check("before the first step")
+    preemption.check("while building the task")
     logging.info("Config (validated):\n%s", config)  # Logged only once it is known good.
     logging.info("Run: %s", json.dumps(task.run_info))
     return loop.run(config, workdir, task)
