@@ -6,6 +6,9 @@ machine, interleaved with the JAX measurements (`python -m rethinking.bench
 --torch_python=<a python with torch>`), or alone:
 
   <python with torch> -m rethinking.torch_reference [--models=mlp_1x512,...] [--json=out.json]
+  <python with torch> -m rethinking.torch_reference --bf16   # forward and loss under
+                                                            # torch.autocast('cpu', bfloat16)
+  <python with torch> -m rethinking.torch_reference --conv_ops=convs.json  # for profile_ops
 
 It needs only torch (not jax). float32, batch 128, 3x28x28 inputs (NCHW), 10
 classes, SGD(lr=0.01, momentum=0.9), cross-entropy; one step = zero_grad, forward,
@@ -217,9 +220,11 @@ def n_params(model):
   return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def bench(name, steps, warmup, max_seconds, min_seconds=0.0, seed=0):
+def bench(name, steps, warmup, max_seconds, min_seconds=0.0, seed=0, bf16=False):
   """As rethinking.bench.time_calls: at least `steps` steps and `min_seconds`, at most
-  `max_seconds` (once 3 are timed); the median step."""
+  `max_seconds` (once 3 are timed); the median step. `bf16`: forward and loss under
+  `torch.autocast('cpu', torch.bfloat16)` (float32 parameters, bfloat16 convs and
+  matmuls), PyTorch's counterpart of the trainer's half_precision=True."""
   torch.manual_seed(seed)
   model = MODELS[name]()
   _init(model)
@@ -232,7 +237,8 @@ def bench(name, steps, warmup, max_seconds, min_seconds=0.0, seed=0):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      loss = F.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
     return loss
@@ -249,7 +255,52 @@ def bench(name, steps, warmup, max_seconds, min_seconds=0.0, seed=0):
   med = statistics.median(times)
   return {"model": name, "params": count, "steps_timed": len(times),
           "median_step_ms": med * 1e3, "min_step_ms": min(times) * 1e3,
-          "images_per_s": BATCH / med, "final_loss": float(loss.detach())}
+          "images_per_s": BATCH / med, "final_loss": float(loss.detach()),
+          "dtype": "bfloat16 autocast" if bf16 else "float32"}
+
+
+def _median_ms(fn, repeats):
+  for _ in range(2):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return 1e3 * statistics.median(times)
+
+
+def conv_ops(specs, repeats=10):
+  """Eager PyTorch's time (ms, median) for each convolution of `specs`, as
+  rethinking.profile_ops describes them (NHWC / HWIO shapes, explicit padding): the
+  forward conv, the input gradient (where `needs_dx`) and the weight gradient. The
+  tensors are NCHW, as the reference models run; uneven padding (stride-2 SAME) is an
+  explicit F.pad before the conv, as ConvSame does."""
+  torch.manual_seed(0)
+  out = []
+  for s in specs:
+    dtype = torch.bfloat16 if s["dtype"] == "bfloat16" else torch.float32
+    n, h, w, cin = s["x"]
+    kh, kw, _, cout = s["w"]
+    (pt, pb), (pl, pr) = s["padding"]
+    x = torch.randn(n, cin, h, w, dtype=dtype, requires_grad=True)
+    wt = torch.randn(cout, cin, kh, kw, dtype=dtype, requires_grad=True)
+    even = pt == pb and pl == pr
+
+    def fwd(x=x, wt=wt, s=s, even=even, pads=(pl, pr, pt, pb)):
+      xin = x if even else F.pad(x, pads)
+      return F.conv2d(xin, wt, stride=tuple(s["strides"]), padding=(pads[2], pads[0]) if even
+                      else 0)
+
+    with torch.no_grad():
+      row = {"fwd": _median_ms(fwd, repeats)}
+    y = fwd()
+    g = torch.randn_like(y)
+    if s.get("needs_dx", True):
+      row["dx"] = _median_ms(lambda: torch.autograd.grad(y, x, g, retain_graph=True), repeats)
+    row["dw"] = _median_ms(lambda: torch.autograd.grad(y, wt, g, retain_graph=True), repeats)
+    out.append(row)
+  return out
 
 
 def main(argv=None):
@@ -264,8 +315,18 @@ def main(argv=None):
                  help=f"comma-separated, from {','.join(MODELS)}")
   p.add_argument("--json", nargs="?", const="-", default=None,
                  help="also write JSON results (to stdout, or to the given path)")
+  p.add_argument("--bf16", action="store_true",
+                 help="forward and loss under torch.autocast('cpu', dtype=torch.bfloat16)")
+  p.add_argument("--conv_ops", default=None,
+                 help="instead: time the convolutions listed in this JSON file (from "
+                 "rethinking.profile_ops) and print their times as JSON")
+  p.add_argument("--conv_repeats", type=int, default=10)
   a = p.parse_args(argv)
   torch.set_num_threads(a.threads)
+  if a.conv_ops:
+    with open(a.conv_ops) as f:
+      print(json.dumps(conv_ops(json.load(f), a.conv_repeats)))
+    return
 
   # Parameter-count check against the repo for every model, before any timing.
   for name in a.models.split(","):
@@ -273,10 +334,10 @@ def main(argv=None):
     assert c == REPO_PARAM_COUNTS[name], f"{name}: torch {c:,} != repo {REPO_PARAM_COUNTS[name]:,}"
     print(f"params ok  {name:<22} {c:>10,}", file=sys.stderr)
 
-  results = [bench(n, a.steps, a.warmup, a.max_seconds, a.min_seconds)
+  results = [bench(n, a.steps, a.warmup, a.max_seconds, a.min_seconds, bf16=a.bf16)
              for n in a.models.split(",")]
   print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, batch={BATCH}, "
-        "float32, eager")
+        f"{'bfloat16 autocast' if a.bf16 else 'float32'}, eager")
   print(f"{'model':<22}{'params':>12}{'steps':>7}{'median ms':>11}{'min ms':>9}{'images/s':>10}")
   for r in results:
     print(f"{r['model']:<22}{r['params']:>12,}{r['steps_timed']:>7}{r['median_step_ms']:>11.1f}"

@@ -189,3 +189,21 @@ def test_batch_norm_statistics_span_the_mapped_axis():
   for shard in range(2):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[shard], b, rtol=1e-4, atol=1e-6),
                  per_shard, full)
+
+
+def test_per_op_profile_finds_every_layer():
+  """rethinking.profile_ops cuts the traced forward pass into the layers it times, by
+  op and named scope: every conv, pool and LRN of the small AlexNet, and no input
+  gradient for the conv that reads the image."""
+  from rethinking import profile_ops  # pylint: disable=g-import-not-at-top
+  model = get_model("alexnet_small")
+  leaves, tree = jax.tree.flatten(abstract_variables(model, CIFAR_SHAPE))
+  jaxpr = jax.make_jaxpr(lambda *a: model.apply(jax.tree.unflatten(tree, a[:-1]), a[-1],
+                                                train=True))(
+      *leaves, jax.ShapeDtypeStruct((4, *CIFAR_SHAPE), jnp.float32)).jaxpr
+  ops = [(kind, profile_ops.describe(kind, eqns), needs_dx)
+         for kind, eqns, needs_dx in profile_ops.segments(jaxpr)]
+  assert ops == [("conv", "conv 5x5/1   3->64  @28x28 padded", False),
+                 ("max_pool", "max_pool 28x28x64", True), ("lrn", "lrn 14x14x64", True),
+                 ("conv", "conv 5x5/1  64->64  @14x14 padded", True),
+                 ("lrn", "lrn 14x14x64", True), ("max_pool", "max_pool 14x14x64", True)]

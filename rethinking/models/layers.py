@@ -230,6 +230,9 @@ def global_mean_pool(x):
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
+# Named scopes tag these layers' equations in traces, HLO metadata and profiles (the
+# per-op profile, rethinking.profile_ops, finds the layers by them).
+@jax.named_scope("lrn")
 def local_response_normalization(x, depth_radius: int = 5, bias: float = 1.0,
                                  alpha: float = 1.0, beta: float = 0.5):
   """`tf.nn.local_response_normalization` over the channel (last) axis.
@@ -264,6 +267,7 @@ def _inverse_power(d, beta: float):
   return d ** -beta
 
 
+@jax.named_scope("max_pool")
 def max_pool(x, window: Sequence[int], strides: Sequence[int], padding="VALID"):
   """`nn.max_pool` over NHWC (same values), with a gradient that is cheap on a CPU.
 
