@@ -383,12 +383,16 @@ def test_compare_prints_two_runs_side_by_side(tmp_path):
   b = _bench_run(tmp_path / "intel.json", SAPPHIRE_RAPIDS, False,
                  {"alexnet_small": 421, "mlp_1x512": 20_000, "mlp_3x512": 9_000},
                  [579, 21_276, None])
+  run_b = json.loads(open(b).read())
+  run_b["environment"]["ld_preload"] = "libtcmalloc_minimal.so.4"  # Said: it changes speed.
+  open(b, "w").write(json.dumps(run_b))
   proc = _compare(f"--compare={a},{b}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
   assert f"A: {a}" in out and f"B: {b}" in out
   assert "Intel(R) Xeon(R) Platinum 8480+" in out and "amx_bf16" in out
   assert "RETHINKING_XLA_DEFAULTS=0): none in effect" in out
+  assert out.count("LD_PRELOAD='libtcmalloc_minimal.so.4'") == 1
   rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
           if line.split() and line.split()[0].endswith("@28/128")}
   # A train, torch, ratio; B train, torch, ratio; B/A train.

@@ -71,6 +71,8 @@ def environment(command: str = "rethinking.bench") -> dict[str, Any]:
           "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "backend": jax.default_backend(), "device_count": jax.device_count(),
           "device": str(jax.devices()[0].device_kind), **xla_settings(),
+          # A preloaded allocator (tcmalloc) changes CPU step times by up to 1.6x.
+          "ld_preload": os.environ.get("LD_PRELOAD", ""),
           "load_average_start": list(os.getloadavg())}
 
 

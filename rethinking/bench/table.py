@@ -31,6 +31,8 @@ def header(results: dict[str, Any]) -> list[str]:
                  f"cores = 100%), {100 * env['cpu_steal_fraction']:.1f}% stolen by the "
                  "hypervisor")
   lines.append(f"XLA_FLAGS={env['xla_flags']!r}")
+  if env.get("ld_preload"):
+    lines.append(f"LD_PRELOAD={env['ld_preload']!r}")
   if "xla_defaults" in env:
     lines.append(f"rethinking's CPU XLA defaults (RETHINKING_XLA_DEFAULTS="
                  f"{env['rethinking_xla_defaults']}): "
