@@ -47,15 +47,21 @@ from rethinking import step as step_lib
 from rethinking.models import get_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "inception_small", "A CIFAR model of rethinking.models.")
-flags.DEFINE_integer("batch_size", 128, "Images per step.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                  "Compute dtype (bfloat16: as half_precision=True; parameters float32).")
-flags.DEFINE_integer("repeats", 10, "Timed calls per op (the median is reported).")
-flags.DEFINE_string("torch_python", "", "A python with torch: time the same convolutions "
-                    "in eager PyTorch too.")
-flags.DEFINE_bool("alternatives", False, "Also time each conv as im2col_conv (patches + "
-                  "one matmul; a 1x1 conv as a plain matmul) against XLA's conv.")
+
+
+def define_flags() -> None:
+  """The command-line flags, defined only when run as a program: tests import this
+  module beside others (rethinking.bench.device_check) that define the same names."""
+  flags.DEFINE_string("model", "inception_small", "A CIFAR model of rethinking.models.")
+  flags.DEFINE_integer("batch_size", 128, "Images per step.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Compute dtype (bfloat16: as half_precision=True; parameters float32).")
+  flags.DEFINE_integer("repeats", 10, "Timed calls per op (the median is reported).")
+  flags.DEFINE_string("torch_python", "", "A python with torch: time the same convolutions "
+                      "in eager PyTorch too.")
+  flags.DEFINE_bool("alternatives", False, "Also time each conv as im2col_conv (patches + "
+                    "one matmul; a 1x1 conv as a plain matmul) against XLA's conv.")
+
 
 IMAGE_SHAPE = (28, 28, 3)
 # The layers timed as a whole: the last matching scope of an equation names its layer.
@@ -379,4 +385,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -57,21 +57,27 @@ PEAK_BF16_FLOPS = (
 CIFAR_MODELS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("tiny", False, "Any CPU, seconds: mlp_1x512 for every model, batch 16, "
-                  "a few hundred images (checks the code path; the numbers mean nothing).")
-flags.DEFINE_list("models", list(CIFAR_MODELS), "CIFAR models whose train img/s is printed.")
-flags.DEFINE_integer("batch_size", 128, "CIFAR train batch.")
-flags.DEFINE_integer("fused_steps", 16, "Steps per call of the fused bfloat16 figure (0: skip).")
-flags.DEFINE_string("mfu_model", "inception_v3@299/128",
-                    "name@size/batch of the MFU measurement (bfloat16, the ImageNet path).")
-flags.DEFINE_string("paper_model", "inception_small", "Model of the paper-length CIFAR run.")
-flags.DEFINE_string("sweep", "figure1bc", "Sweep of configs/sweeps.py to estimate (paper scale).")
-flags.DEFINE_integer("epochs_timed", 2, "Real epochs timed after the first (compiling) one.")
-flags.DEFINE_bool("half_precision", True, "bfloat16 compute in the timed runs (section 3, 4).")
-flags.DEFINE_integer("steps_per_dispatch", 16, "Steps per call in the timed runs (3, 4).")
-flags.DEFINE_integer("steps", 20, "Timed calls per throughput figure (at least).")
-flags.DEFINE_float("max_seconds", 10.0, "Stop timing a throughput figure after this long.")
-flags.DEFINE_string("json", None, "Also write every number here as JSON.")
+
+
+def define_flags() -> None:
+  """The command-line flags, defined only when run as a program (rethinking.bench.cli,
+  imported beside this module, defines some of the same names)."""
+  flags.DEFINE_bool("tiny", False, "Any CPU, seconds: mlp_1x512 for every model, batch 16, "
+                    "a few hundred images (checks the code path; the numbers mean nothing).")
+  flags.DEFINE_list("models", list(CIFAR_MODELS), "CIFAR models whose train img/s is printed.")
+  flags.DEFINE_integer("batch_size", 128, "CIFAR train batch.")
+  flags.DEFINE_integer("fused_steps", 16, "Steps per call of the fused bfloat16 figure (0: skip).")
+  flags.DEFINE_string("mfu_model", "inception_v3@299/128",
+                      "name@size/batch of the MFU measurement (bfloat16, the ImageNet path).")
+  flags.DEFINE_string("paper_model", "inception_small", "Model of the paper-length CIFAR run.")
+  flags.DEFINE_string("sweep", "figure1bc", "Sweep of configs/sweeps.py to estimate (paper scale).")
+  flags.DEFINE_integer("epochs_timed", 2, "Real epochs timed after the first (compiling) one.")
+  flags.DEFINE_bool("half_precision", True, "bfloat16 compute in the timed runs (section 3, 4).")
+  flags.DEFINE_integer("steps_per_dispatch", 16, "Steps per call in the timed runs (3, 4).")
+  flags.DEFINE_integer("steps", 20, "Timed calls per throughput figure (at least).")
+  flags.DEFINE_float("max_seconds", 10.0, "Stop timing a throughput figure after this long.")
+  flags.DEFINE_string("json", None, "Also write every number here as JSON.")
+
 
 TINY = {"models": ["mlp_1x512"], "batch_size": 16, "fused_steps": 2,
         "mfu_model": "mlp_1x512@28/16", "paper_model": "mlp_1x512", "steps": 3,
@@ -299,4 +305,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
