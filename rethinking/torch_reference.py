@@ -221,7 +221,7 @@ def n_params(model):
 
 
 def bench(name, steps, warmup, max_seconds, min_seconds=0.0, seed=0, bf16=False):
-  """As rethinking.bench.time_calls: at least `steps` steps and `min_seconds`, at most
+  """As rethinking.bench.timing.time_calls: at least `steps` steps and `min_seconds`, at most
   `max_seconds` (once 3 are timed); the median step. `bf16`: forward and loss under
   `torch.autocast('cpu', torch.bfloat16)` (float32 parameters, bfloat16 convs and
   matmuls), PyTorch's counterpart of the trainer's half_precision=True."""
