@@ -162,6 +162,11 @@ def _drop_orbax_unraisable() -> None:
   sys.unraisablehook = quiet
 
 
+# One filter for the process: added to a logger it already filters, it is not added again
+# (the asyncio one stays after close, so a per-Checkpointer filter would pile up).
+_QUIET = _OrbaxErrors()
+
+
 class _DropClosedLoopNoise:
   """sys.stderr, minus one known traceback: `RuntimeError: Event loop is closed`.
 
@@ -224,7 +229,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            enable_async_checkpointing=False,
                                            create=False)
-    self._quiet = _OrbaxErrors()
+    self._quiet = _QUIET
     self._thread: threading.Thread | None = None
     self._error: tuple[int, BaseException] | None = None
     self._remove_leftovers()

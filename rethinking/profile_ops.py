@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from rethinking import step as step_lib
+from rethinking.bench import environment
 from rethinking.models import get_model
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command-line flags, defined only when run as a program: tests import this
   module beside others (rethinking.bench.device_check) that define the same names."""
-  flags.DEFINE_string("model", "inception_small", "A CIFAR model of rethinking.models.")
+  flags.DEFINE_enum("model", "inception_small", ["mlp_1x512", "mlp_3x512", "alexnet_small",
+                                                  "inception_small", "inception_small_nobn"],
+                    "A CIFAR model of rethinking.models.")
   flags.DEFINE_integer("batch_size", 128, "Images per step.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                     "Compute dtype (bfloat16: as half_precision=True; parameters float32).")
@@ -367,8 +370,7 @@ def main(argv):
   del argv
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   load = os.getloadavg()
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-              if l.startswith("model name")), "?")
+  cpu = environment.cpu_info()["cpu"]
   rows, step_ms, (before, after), torch_rows = profile(
       FLAGS.model, FLAGS.batch_size, dtype, FLAGS.repeats, FLAGS.torch_python)
   print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.dtype}; {cpu}, {os.cpu_count()} CPUs; "

@@ -13,16 +13,20 @@ from conftest import REPO
 from rethinking.bench import device_check
 
 
-def test_tiny_device_check_prints_every_section(tmp_path):
-  out = tmp_path / "check.json"
+def _env():
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
   env.pop("VENV", None)
   if os.path.exists(os.path.join(sys.prefix, "bin", "activate")):
     env["VENV"] = sys.prefix  # The environment running the tests, as a user would name it.
+  return env
+
+
+def test_tiny_device_check_prints_every_section(tmp_path):
+  out = tmp_path / "check.json"
   proc = subprocess.run(["bash", str(REPO / "launch" / "device_check.sh"), "--tiny",
                          f"--json={out}"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, env=env)
+                        timeout=300, env=_env())
   assert proc.returncode == 0, proc.stderr[-4000:]
   text = proc.stdout
   r = json.loads(out.read_text())
@@ -85,3 +89,14 @@ def test_figure1b_relative_time_interpolates_the_papers_points():
   assert device_check.figure1b_relative("alexnet_small", 0.5) == pytest.approx(1.275)
   assert device_check.figure1b_relative("mlp_1x512", 1.0) == pytest.approx(2.0)
   assert device_check.figure1b_relative("mlp_3x512", 0.5) is None
+
+
+def test_a_misspelt_model_is_one_line_before_any_measurement(tmp_path):
+  proc = subprocess.run(["bash", str(REPO / "launch" / "device_check.sh"), "--tiny",
+                         "--mfu_model=inception_v4@299/8", f"--json={tmp_path / 'out.json'}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, env=_env())
+  assert proc.returncode == 2 and not proc.stdout, proc.stdout[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: --mfu_model: unknown model 'inception_v4'; known: alexnet_small")
+  assert "Traceback" not in proc.stderr and "[device_check]" not in proc.stderr
+  assert not (tmp_path / "out.json").exists()

@@ -476,3 +476,14 @@ def test_orbax_coroutines_finalized_with_their_error_are_dropped_others_kept(mon
   ours = unraisable("/repo/rethinking/loop.py")
   sys.unraisablehook(ours)
   assert seen == [ours]
+
+
+def test_the_orbax_log_filters_do_not_pile_up_across_checkpointers(tmp_path):
+  import logging  # pylint: disable=g-import-not-at-top
+  for _ in range(3):
+    checkpoint.Checkpointer(str(tmp_path)).close()
+  quiet = [f for f in logging.getLogger("asyncio").filters
+           if isinstance(f, checkpoint._OrbaxErrors)]  # pylint: disable=protected-access
+  assert len(quiet) == 1  # Kept after close (late asyncio reports), but once.
+  assert not [f for f in logging.getLogger("absl").filters
+              if isinstance(f, checkpoint._OrbaxErrors)]  # pylint: disable=protected-access

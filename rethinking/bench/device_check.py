@@ -35,6 +35,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from rethinking import backend_defaults
 from rethinking.bench import environment
 from rethinking.bench import epoch
 from rethinking.bench import steps
@@ -66,14 +67,16 @@ def define_flags() -> None:
                     "a few hundred images (checks the code path; the numbers mean nothing).")
   flags.DEFINE_list("models", list(CIFAR_MODELS), "CIFAR models whose train img/s is printed.")
   flags.DEFINE_integer("batch_size", 128, "CIFAR train batch.")
-  flags.DEFINE_integer("fused_steps", 16, "Steps per call of the fused bfloat16 figure (0: skip).")
+  flags.DEFINE_integer("fused_steps", backend_defaults.FUSED_STEPS,
+                       "Steps per call of the fused bfloat16 figure (0: skip).")
   flags.DEFINE_string("mfu_model", "inception_v3@299/128",
                       "name@size/batch of the MFU measurement (bfloat16, the ImageNet path).")
   flags.DEFINE_string("paper_model", "inception_small", "Model of the paper-length CIFAR run.")
   flags.DEFINE_string("sweep", "figure1bc", "Sweep of configs/sweeps.py to estimate (paper scale).")
   flags.DEFINE_integer("epochs_timed", 2, "Real epochs timed after the first (compiling) one.")
   flags.DEFINE_bool("half_precision", True, "bfloat16 compute in the timed runs (section 3, 4).")
-  flags.DEFINE_integer("steps_per_dispatch", 16, "Steps per call in the timed runs (3, 4).")
+  flags.DEFINE_integer("steps_per_dispatch", backend_defaults.FUSED_STEPS,
+                       "Steps per call in the timed runs (3, 4).")
   flags.DEFINE_integer("steps", 20, "Timed calls per throughput figure (at least).")
   flags.DEFINE_float("max_seconds", 10.0, "Stop timing a throughput figure after this long.")
   flags.DEFINE_string("json", None, "Also write every number here as JSON.")
@@ -296,6 +299,13 @@ def main(argv):
     for name, value in TINY.items():
       if not FLAGS[name].present:
         FLAGS[name].value = value
+  try:  # Every model name checked before the first measurement.
+    tasks.parse_model(FLAGS.mfu_model, flag="mfu_model")
+    for name in [*FLAGS.models, FLAGS.paper_model]:
+      tasks.parse_model(name, flag="models" if name in FLAGS.models else "paper_model")
+  except app.UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   results = run_check()
   print(report(results), flush=True)
   if FLAGS.json:

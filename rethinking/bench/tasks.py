@@ -13,20 +13,21 @@ CIFAR_MODELS = ("mlp_1x512", "mlp_3x512", "alexnet_small", "inception_small",
                 "inception_small_nobn")
 
 
-def parse_model(spec: str, batch_size: int = 128) -> tuple[str, int, int]:
-  """'alexnet_small' -> (alexnet_small, 28, batch_size); 'inception_v3@75/32' -> (.., 75, 32)."""
+def parse_model(spec: str, batch_size: int = 128, flag: str = "models") -> tuple[str, int, int]:
+  """'alexnet_small' -> (alexnet_small, 28, batch_size); 'inception_v3@75/32' -> (.., 75, 32).
+  Errors name `--flag`, the flag the spec came from."""
   spec, _, batch = spec.partition("/")
   name, _, size = spec.partition("@")
   from rethinking.models import MODELS  # pylint: disable=g-import-not-at-top
   if name not in MODELS:
-    raise app.UsageError(f"--models: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    raise app.UsageError(f"--{flag}: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
   try:
     size = int(size) if size else (299 if name == "inception_v3" else 28)
     batch = int(batch) if batch else batch_size
   except ValueError:
-    raise app.UsageError(f"--models={spec}: expected name[@size][/batch]") from None
+    raise app.UsageError(f"--{flag}={spec}: expected name[@size][/batch]") from None
   if name != "inception_v3" and size != 28:
-    raise app.UsageError(f"--models={spec}: the CIFAR models run at 28x28")
+    raise app.UsageError(f"--{flag}={spec}: the CIFAR models run at 28x28")
   return name, size, batch
 
 
