@@ -30,58 +30,65 @@ CIFAR_NPZ = tasks.REPO.parent / "shared" / "data" / "cifar10_10k.npz"
 DEFAULT_MODELS = tasks.CIFAR_MODELS + ("inception_v3@299/8", "inception_v3@75/32")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(DEFAULT_MODELS),
-                  "Models: name[@image_size][/batch] (default size 28, or 299 for "
-                  "inception_v3; default batch --batch_size).")
-flags.DEFINE_integer("batch_size", 128, "Train batch where a model spec gives none.")
-flags.DEFINE_integer("steps", 10, "Timed steps per measurement (at most; see --max_seconds).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
-flags.DEFINE_float("min_seconds", 2.0,
-                   "Time train steps for at least this long (fast steps on a shared CPU vary "
-                   "by ~30% over seconds: a median over many is steadier than over --steps).")
-flags.DEFINE_string("torch_python", "",
-                    "A python with torch 2.13: measure eager PyTorch's step "
-                    "(rethinking.torch_reference) right after each CIFAR model's, on this "
-                    "machine, instead of quoting issue 7's reference figures.")
-flags.DEFINE_float("max_seconds", 15.0,
-                   "Stop timing a measurement after this long (at least 3 timed steps).")
-flags.DEFINE_integer("fused_steps", 8, "Steps per call for the fused (steps_per_dispatch) figure.")
-flags.DEFINE_list("fused_models", ["mlp_1x512", "mlp_3x512"],
-                  "Models timed with fused steps. Not the conv nets on a CPU: XLA's CPU "
-                  "backend leaves the gradient convolutions inside a loop in their "
-                  "non-canonical form, run by a naive loop ~20-60x slower (see "
-                  "train.train_steps); on accelerators list them all.")
-flags.DEFINE_list("step_models", ["mlp_1x512", "mlp_3x512", "alexnet_small"],
-                  "Models whose bare train step is timed too (a second compile; for the "
-                  "conv nets the input is <1% of the step, so it adds little).")
-flags.DEFINE_list("epoch_models", ["mlp_1x512", "alexnet_small"],
-                  "Models for the real-epoch overhead check ('' to skip).")
-flags.DEFINE_integer("epoch_images", 0,
-                     "Training images of the real epoch (0: --epoch_seconds of steps).")
-flags.DEFINE_float("epoch_seconds", 8.0,
-                   "Size the real epoch for about this many seconds of steps (at most "
-                   "CIFAR-10's 50,000 images): the per-epoch costs (a checkpoint, ~0.13 s "
-                   "of CPU) weigh on a short epoch as they would not on a real one.")
-flags.DEFINE_string("cifar_data", str(CIFAR_NPZ),
-                    "The CIFAR-10 .npz of the real-epoch check (synthetic images where it "
-                    "is absent or holds fewer than the epoch needs).")
-flags.DEFINE_integer("devices", 4, "Fake CPU devices for the scaling check (0 to skip).")
-flags.DEFINE_string("scaling_model", "mlp_1x512", "Model of the scaling check.")
-flags.DEFINE_bool("imagenet_pipeline", True, "Time the ImageNet tf.data path on generated JPEGs.")
-flags.DEFINE_integer("accelerator_images_per_s", 2000,
-                     "An accelerator's Inception V3 training rate (img/s; an assumption, e.g. a "
-                     "recent GPU in bfloat16): the ImageNet input's CPU cores needed per N of them.")
-flags.DEFINE_bool("quick", False, "A run of minutes: mlp_1x512, batch 16, every section tiny.")
-flags.DEFINE_string("json", None, "Write the results here as JSON.")
-flags.DEFINE_list("compare", [],
-                  "Two bench JSON files (a.json,b.json): print them side by side (per model: "
-                  "train img/s, PyTorch's and the ratio; each run's CPU, ISA and XLA flags) "
-                  "and measure nothing.")
-flags.DEFINE_bool("compilation_cache", False,
-                  "Keep JAX's persistent compilation cache as configured (e.g. by "
-                  "JAX_COMPILATION_CACHE_DIR); off by default so compile times are cold.")
-flags.DEFINE_integer("scaling_worker", 0, "Internal: time the pmapped step on this many "
-                     "devices and print JSON (run in a subprocess).")
+
+
+def define_flags() -> None:
+  """The command-line flags, defined when run as a program (`run`), so modules that share
+  names (bench.device_check, profile_ops) import beside this one."""
+  flags.DEFINE_list("models", list(DEFAULT_MODELS),
+                    "Models: name[@image_size][/batch] (default size 28, or 299 for "
+                    "inception_v3; default batch --batch_size).")
+  flags.DEFINE_integer("batch_size", 128, "Train batch where a model spec gives none.")
+  flags.DEFINE_integer("steps", 10, "Timed steps per measurement (at most; see --max_seconds).")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after the first (compiling) one.")
+  flags.DEFINE_float("min_seconds", 2.0,
+                     "Time train steps for at least this long (fast steps on a shared CPU vary "
+                     "by ~30% over seconds: a median over many is steadier than over --steps).")
+  flags.DEFINE_string("torch_python", "",
+                      "A python with torch 2.13: measure eager PyTorch's step "
+                      "(rethinking.torch_reference) right after each CIFAR model's, on this "
+                      "machine, instead of quoting issue 7's reference figures.")
+  flags.DEFINE_float("max_seconds", 15.0,
+                     "Stop timing a measurement after this long (at least 3 timed steps).")
+  flags.DEFINE_integer("fused_steps", 8,
+                       "Steps per call for the fused (steps_per_dispatch) figure.")
+  flags.DEFINE_list("fused_models", ["mlp_1x512", "mlp_3x512"],
+                    "Models timed with fused steps. Not the conv nets on a CPU: XLA's CPU "
+                    "backend leaves the gradient convolutions inside a loop in their "
+                    "non-canonical form, run by a naive loop ~20-60x slower (see "
+                    "train.train_steps); on accelerators list them all.")
+  flags.DEFINE_list("step_models", ["mlp_1x512", "mlp_3x512", "alexnet_small"],
+                    "Models whose bare train step is timed too (a second compile; for the "
+                    "conv nets the input is <1% of the step, so it adds little).")
+  flags.DEFINE_list("epoch_models", ["mlp_1x512", "alexnet_small"],
+                    "Models for the real-epoch overhead check ('' to skip).")
+  flags.DEFINE_integer("epoch_images", 0,
+                       "Training images of the real epoch (0: --epoch_seconds of steps).")
+  flags.DEFINE_float("epoch_seconds", 8.0,
+                     "Size the real epoch for about this many seconds of steps (at most "
+                     "CIFAR-10's 50,000 images): the per-epoch costs (a checkpoint, ~0.13 s "
+                     "of CPU) weigh on a short epoch as they would not on a real one.")
+  flags.DEFINE_string("cifar_data", str(CIFAR_NPZ),
+                      "The CIFAR-10 .npz of the real-epoch check (synthetic images where it "
+                      "is absent or holds fewer than the epoch needs).")
+  flags.DEFINE_integer("devices", 4, "Fake CPU devices for the scaling check (0 to skip).")
+  flags.DEFINE_string("scaling_model", "mlp_1x512", "Model of the scaling check.")
+  flags.DEFINE_bool("imagenet_pipeline", True, "Time the ImageNet tf.data path on generated JPEGs.")
+  flags.DEFINE_integer("accelerator_images_per_s", 2000,
+                       "An accelerator's Inception V3 training rate (img/s; an assumption, e.g. a "
+                       "recent GPU in bfloat16): the ImageNet input's CPU cores needed per N "
+                       "of them.")
+  flags.DEFINE_bool("quick", False, "A run of minutes: mlp_1x512, batch 16, every section tiny.")
+  flags.DEFINE_string("json", None, "Write the results here as JSON.")
+  flags.DEFINE_list("compare", [],
+                    "Two bench JSON files (a.json,b.json): print them side by side (per model: "
+                    "train img/s, PyTorch's and the ratio; each run's CPU, ISA and XLA flags) "
+                    "and measure nothing.")
+  flags.DEFINE_bool("compilation_cache", False,
+                    "Keep JAX's persistent compilation cache as configured (e.g. by "
+                    "JAX_COMPILATION_CACHE_DIR); off by default so compile times are cold.")
+  flags.DEFINE_integer("scaling_worker", 0, "Internal: time the pmapped step on this many "
+                       "devices and print JSON (run in a subprocess).")
 
 
 def budget() -> timing.Budget:
@@ -229,4 +236,5 @@ def main(argv):
 
 
 def run() -> None:
+  define_flags()
   app.run(main)
