@@ -25,14 +25,13 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import os
 import pathlib
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -45,6 +44,7 @@ import optax
 
 from rethinking import step as step_lib
 from rethinking.bench import environment
+from rethinking.bench import timing
 from rethinking.models import get_model
 
 FLAGS = flags.FLAGS
@@ -73,15 +73,9 @@ LAYER_SCOPES = (("batch_norm", re.compile(r"BatchNorm_\d+$")),
 
 
 def median_ms(fn, *args, repeats: int) -> float:
-  """Median wall time of `fn(*args)` in ms, after two untimed calls (the first compiles)."""
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times)
+  """Median wall time of `fn(*args)` in ms over `repeats` calls, after two untimed calls
+  (the first compiles)."""
+  return 1e3 * timing.time_calls(lambda: fn(*args), repeats, 2, math.inf).median
 
 
 def random_like(avals, seed: int = 0):
