@@ -3,10 +3,11 @@ r"""Section 5 / Table 3: fit image labels exactly with a kernel machine; report 
 Solves K alpha = Y (one-hot Y, no regularization unless --l2) on a class-balanced
 subset of the training set and predicts the test set. Before the solve it prints the
 memory plan and picks the solver: the direct Cholesky when K and its factor fit the
-budget; else (CPU, float64) the mixed solver, K's lower triangle in one float32 array
-factored in place and refined to float64 accuracy by preconditioned conjugate gradient
-(60k MNIST: 14.4 GB, no jitter); else blocked conjugate gradient. Prints the result as
-JSON (with the process's measured peak memory) and writes it to --out.
+budget; else (CPU, float64) the in-place solver, K's lower triangle alone in float64,
+Cholesky-factored in place and checked by a fresh float64 product (60k MNIST: 14.4 GB, no
+jitter); else the mixed solver (that triangle in float32, refined to float64 accuracy by
+preconditioned conjugate gradient: 7.2 GB at 60k); else blocked conjugate gradient. Prints
+the result as JSON (with the process's measured peak memory) and writes it to --out.
 
   python -m rethinking.kernels --dataset=../shared/data/mnist.npz --num_train=0   # all 60k
   python -m rethinking.kernels --dataset=../shared/data/mnist.npz --num_train=0 --features=gabor
@@ -52,8 +53,8 @@ def define_flags() -> None:
   flags.DEFINE_float("l2", 0.0, "Ridge penalty: solves (K + l2 I) alpha = Y.")
   flags.DEFINE_enum("solver", "auto", list(kernels.SOLVERS),
                     "auto: Cholesky if K and its factor fit the memory budget, else the "
-                    "mixed solver (float32 factor in place + float64 refinement) if it "
-                    "fits, else CG.")
+                    "in-place float64 Cholesky of K's lower triangle, else the mixed solver "
+                    "(that triangle in float32 + float64 CG), else CG; the first that fits.")
   flags.DEFINE_float("memory_budget_gb", 0.0, "Memory budget for the solve, GB; 0 for 90% "
                      "of the host's available memory on CPU, 80% of free accelerator memory.")
   flags.DEFINE_integer("block_size", 1024, "Rows of K computed at a time.")

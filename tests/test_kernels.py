@@ -99,11 +99,15 @@ def test_memory_plan_for_full_mnist_fits_24gb_and_solves_exactly():
   for dim in (784, 3332):  # raw pixels, Gabor features
     plan = kernels.plan_memory(60_000, np.float64, feature_dim=dim, num_test=10_000,
                                budget_bytes=budget)
-    assert plan.solver == "mixed"  # the exact path: float64 accuracy, no jitter
+    assert plan.solver == "inplace"  # the exact path: float64 accuracy, no jitter
     assert plan.cholesky_bytes == 57_600_000_000  # float64 K and its factor: not an option
-    assert plan.mixed_bytes < 16e9 and plan.peak_bytes < budget < 24e9
+    assert plan.inplace_bytes < 17e9 and plan.peak_bytes < budget < 24e9
     assert "exact solve" in plan.describe() and "no jitter" in plan.describe()
-    assert plan.mixed_bytes >= 60_000**2 * 4  # the float32 array itself, 14.4 GB
+    assert plan.inplace_bytes >= 60_000**2 * 4  # K's lower triangle in float64, 14.4 GB
+    assert 60_000**2 * 2 <= plan.mixed_bytes < plan.inplace_bytes / 1.8  # ... in float32
+  # A 16 GB machine: the float32 triangle, refined by CG.
+  mid = kernels.plan_memory(60_000, np.float64, feature_dim=784, budget_bytes=13 * 10**9)
+  assert mid.solver == "mixed" and mid.peak_bytes < 13 * 10**9
   # Too small a budget: blocked CG, K never formed.
   small = kernels.plan_memory(60_000, np.float64, feature_dim=784, budget_bytes=10 * 10**9)
   assert small.solver == "cg" and "conjugate gradient, K never formed" in small.describe()
@@ -153,6 +157,44 @@ def test_mixed_solver_matches_a_float64_reference_solve_without_jitter():
   assert sol.iterations <= 12
 
 
+def test_inplace_solver_is_a_float64_factor_checked_by_a_fresh_product():
+  x, y = _clustered_problem()
+  x64 = x.astype(np.float64)
+  dense = _dense_gaussian(x64, x64, BW)
+  sol = kernels.solve(kernels.Kernel("gaussian", BW), x, y, solver="inplace", block_size=128)
+  assert sol.solver == "inplace" and sol.alpha.dtype == np.float64
+  assert sol.jitter == 0 and sol.preconditioner_shift == 0
+  assert sol.iterations <= 2  # a float64 factor of K: one solve, at most one refinement
+  res = np.linalg.norm(dense @ sol.alpha - y) / np.linalg.norm(y)
+  assert res <= 1e-8 and abs(res - sol.residual) < 1e-9
+  ref = scipy.linalg.cho_solve(scipy.linalg.cho_factor(dense, lower=True), y)
+  cond = np.linalg.cond(dense)
+  np.testing.assert_allclose(sol.alpha, ref, rtol=0, atol=1e-12 * cond * np.abs(ref).max())
+  # The in-place float64 factor is LAPACK's, to float64 rounding.
+  c, info = kernels.factor_in_place(kernels.Kernel("gaussian", BW), x, dtype=np.float64,
+                                    block_size=64)
+  assert info == 0 and c.dtype == np.float64
+  np.testing.assert_allclose(np.tril(c), np.linalg.cholesky(dense), rtol=0,
+                             atol=1e-9 * np.sqrt(cond))
+
+
+def _resident_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * kernels.PAGE
+
+
+def test_lazy_square_commits_only_the_written_triangle():
+  n, block = 4000, 512
+  a = kernels.lazy_square(n, np.float64)  # 128 MB if every page were committed
+  assert a.shape == (n, n) and a.flags.c_contiguous and a.flags.writeable
+  before = _resident_bytes()
+  for i0 in range(0, n, block):  # as factor_in_place writes it: row blocks from the diagonal
+    a[i0:i0 + block, i0:] = 1.0
+  grown = _resident_bytes() - before
+  assert 0.45 * n * n * 8 < grown <= kernels.triangle_bytes(n, 8, block) + 4 * 2**20
+  assert a[n - 1, 0] == 0 and a[0, n - 1] == 1  # unwritten pages read as zero
+
+
 def test_mixed_solver_ridge_and_linear_kernel():
   x, y = _clustered_problem(n=300, seed=1)
   x64 = x.astype(np.float64)
@@ -177,7 +219,7 @@ def test_float32_factor_is_in_place_and_the_products_match_dense():
   k = kernels.Kernel("gaussian", BW)
   dense = _dense_gaussian(x64, x64, BW)
   # 257 rows in blocks of 64: a ragged last block.
-  c, info = kernels.factor_float32(k, x, block_size=64)
+  c, info = kernels.factor_in_place(k, x, block_size=64)
   assert info == 0 and c.dtype == np.float32 and c.flags.f_contiguous
   low = np.tril(c).astype(np.float64)
   assert np.abs(low @ low.T - dense).max() < 1e-5  # a float32 factor of K
@@ -215,11 +257,11 @@ def test_mixed_solver_falls_back_to_a_shifted_preconditioner_not_jitter(monkeypa
   x, y = _clustered_problem(n=200, seed=4)
   x = np.concatenate([x, x[:3] + np.float32(3e-3)])
   y = np.concatenate([y, y[3:6]])
-  factor = kernels.factor_float32
-  def breaks_without_shift(kernel, x, *, shift=0.0, block_size=1024):
-    c, info = factor(kernel, x, shift=shift, block_size=block_size)
+  factor = kernels.factor_in_place
+  def breaks_without_shift(kernel, x, *, shift=0.0, **kwargs):
+    c, info = factor(kernel, x, shift=shift, **kwargs)
     return c, (info or 7) if shift == 0 else info
-  monkeypatch.setattr(kernels, "factor_float32", breaks_without_shift)
+  monkeypatch.setattr(kernels, "factor_in_place", breaks_without_shift)
   sol = kernels.solve(kernels.Kernel("gaussian", BW), x, y, solver="mixed")
   assert sol.jitter == 0 and sol.preconditioner_shift > 0
   dense = _dense_gaussian(x.astype(np.float64), x.astype(np.float64), BW)

@@ -14,14 +14,16 @@ do not use TF32, whose 10-bit mantissa would wreck |x|^2 + |y|^2 - 2<x, y>.
 
 Memory. K for n points takes n^2 x itemsize bytes (60k MNIST: 28.8 GB in float64, 14.4 GB
 in float32). The float64 Cholesky path holds K and its factor (57.6 GB at 60k). The
-"mixed" path holds one n x n float32 array: K's lower triangle is written into it and
-factored in place by a blocked Cholesky; that float32 factor preconditions conjugate
-gradient on the float64 system, whose products with K are recomputed from the features
-in float64 a tile at a time, so the answer has float64 accuracy (relative residual
-<= 1e-8) with no jitter: 14.4 GB at 60k. `plan_memory` says what each path costs before
-anything is allocated and picks one; over budget for both, the solver is conjugate
-gradient with a blocked matrix-vector product that never holds more than `block_size`
-rows of K.
+"inplace" path holds only K's lower triangle in float64 (14.4 GB at 60k: an n x n array
+whose pages are committed only where written, `lazy_square`), factors it in place by a
+blocked Cholesky, and checks the answer with a fresh float64 product with K recomputed
+from the features (refining once more if the relative residual is above 1e-8). The
+"mixed" path does the same in float32 (7.2 GB at 60k); that float32 factor preconditions
+conjugate gradient on the float64 system, whose products with K are recomputed the same
+way, so the answer also has float64 accuracy with no jitter, at one product per
+iteration. `plan_memory` says what each path costs before anything is allocated and picks
+one; over budget for all, the solver is conjugate gradient with a blocked matrix-vector
+product that never holds more than `block_size` rows of K.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import dataclasses
 import functools
 import logging
 import math
+import mmap
 import os
 import resource
 import time
@@ -185,6 +188,39 @@ def default_memory_budget(device: jax.Device | None = None) -> int:
 # Bytes the process holds besides the solve's arrays: Python, JAX/XLA, the uint8 data.
 RUNTIME_BYTES = 1_000_000_000
 MIXED_TILE = 2048  # rows and columns of the float64 tiles of K the mixed solver recomputes
+PAGE = 4096
+# Linux's MAP_NORESERVE (the same on x86 and ARM), which Python's mmap names only from 3.13.
+_NORESERVE = 0x4000 if os.uname().sysname == "Linux" else 0
+
+
+def lazy_square(n: int, dtype) -> np.ndarray:
+  """An uninitialised n x n C-order array whose memory is committed page by page as it is
+  written, so that a triangle of it costs half of n^2 x itemsize.
+
+  An anonymous mapping with transparent huge pages turned off: numpy's own large arrays
+  ask for 2 MB pages, and every 2 MB of a 60,000-column float32 array holds part of the
+  written half of some row, so all of it would be resident. Unwritten pages read as zero.
+  MAP_NORESERVE: Linux's default overcommit heuristic refuses one mapping larger than RAM
+  (60k in float64: 28.8 GB on a 24 GB machine) unless it reserves no swap up front.
+  """
+  itemsize = np.dtype(dtype).itemsize
+  flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", _NORESERVE)
+  try:
+    buf = mmap.mmap(-1, max(n * n * itemsize, 1), flags=flags)
+  except OSError as e:
+    raise MemoryError(f"cannot map an {n:,} x {n:,} {np.dtype(dtype).name} array "
+                      f"({n * n * itemsize / 1e9:.1f} GB of address space, half of it "
+                      f"written): {e.strerror}; try --solver=mixed or --solver=cg") from e
+  if hasattr(mmap, "MADV_NOHUGEPAGE"):
+    buf.madvise(mmap.MADV_NOHUGEPAGE)
+  return np.frombuffer(buf, dtype, count=n * n).reshape(n, n)
+
+
+def triangle_bytes(n: int, itemsize: int, block_size: int) -> int:
+  """What K's upper triangle in a `lazy_square` commits: row i from the start of its block
+  of rows (so that the diagonal blocks are whole), and a page more per row."""
+  b = min(block_size, n)
+  return (n * n + n * b) // 2 * itemsize + n * PAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +233,11 @@ class MemoryPlan:
     kernel_bytes: n^2 x itemsize, K itself in the solve's dtype.
     cholesky_bytes: what the direct Cholesky in the solve's dtype holds at its peak: K
       and its factor.
-    mixed_bytes: what the mixed solver holds: one n x n float32 array (K's lower triangle,
-      then its factor, in place), a block of rows of it while it is written, float64
-      tiles of K and the n x k vectors of conjugate gradient.
+    inplace_bytes: what the in-place float64 solver holds: K's lower triangle in float64
+      (then its factor, in place), panels of rows being written or updated, float64
+      tiles of K for the checking product and the n x k vectors.
+    mixed_bytes: the same with the triangle and panels in float32, plus the vectors of
+      conjugate gradient.
     block_bytes: one block of rows of K.
     cg_bytes: what conjugate gradient holds: a block of rows of K and three
       n x cg_rank matrices for the Nystrom preconditioner.
@@ -207,7 +245,7 @@ class MemoryPlan:
       while K is built or applied.
     runtime_bytes: the rest of the process (interpreter, JAX, the raw images).
     budget_bytes: the budget the plan was made against.
-    solver: "cholesky", "mixed" or "cg".
+    solver: "cholesky", "inplace", "mixed" or "cg".
     peak_bytes: the chosen solver's bytes plus features and runtime: the planned peak of
       the process's resident memory.
   """
@@ -216,6 +254,7 @@ class MemoryPlan:
   dtype: str
   kernel_bytes: int
   cholesky_bytes: int
+  inplace_bytes: int
   mixed_bytes: int
   block_bytes: int
   cg_bytes: int
@@ -229,15 +268,20 @@ class MemoryPlan:
     n, gb = self.num_train, 1e9
     head = (f"kernel matrix {n:,} x {n:,} {self.dtype} = {self.kernel_bytes / gb:.2f} GB; "
             f"{self.dtype} Cholesky holds K and its factor, {self.cholesky_bytes / gb:.2f} GB; "
-            f"float32 Cholesky in place + float64 refinement, {self.mixed_bytes / gb:.2f} GB; "
+            f"float64 Cholesky of one triangle in place, {self.inplace_bytes / gb:.2f} GB; "
+            f"float32 Cholesky in place + float64 CG, {self.mixed_bytes / gb:.2f} GB; "
             f"features {self.feature_bytes / gb:.2f} GB; budget {self.budget_bytes / gb:.2f} GB"
             f" -> ")
     tail = (f"; planned peak {self.peak_bytes / gb:.2f} GB with features and "
             f"{self.runtime_bytes / gb:.1f} GB runtime")
     if self.solver == "cholesky":
       return head + f"exact {self.dtype} Cholesky solve" + tail
+    if self.solver == "inplace":
+      return head + ("exact solve: K's lower triangle in float64, Cholesky-factored in place, "
+                     "checked by a float64 product that recomputes K from the features "
+                     "(float64 accuracy, no jitter)") + tail
     if self.solver == "mixed":
-      return head + ("exact solve: K's lower triangle in one float32 array, Cholesky-factored "
+      return head + ("exact solve: K's lower triangle in float32, Cholesky-factored "
                      "in place, preconditioning float64 conjugate gradient that recomputes K "
                      "from the features (float64 accuracy, no jitter)") + tail
     over = (" - over budget too: lower --block_size or --cg_rank"
@@ -246,17 +290,18 @@ class MemoryPlan:
                    f"row blocks and the preconditioner{over})") + tail
 
 
-SOLVERS = ("auto", "cholesky", "mixed", "cg")
+SOLVERS = ("auto", "cholesky", "inplace", "mixed", "cg")
 
 
 def plan_memory(num_train: int, dtype, *, feature_dim: int = 0, num_test: int = 0,
                 num_outputs: int = 10, budget_bytes: int | None = None, solver: str = "auto",
                 block_size: int = 1024, cg_rank: int = 1000) -> MemoryPlan:
-  """Chooses the direct Cholesky, else the mixed solver, else conjugate gradient.
+  """Chooses the direct Cholesky, else an in-place one, else conjugate gradient.
 
   "auto" takes the first that fits the budget (features and runtime included): the
-  direct Cholesky in `dtype` (K and its factor), then, when `dtype` is float64, the mixed
-  solver (one float32 n x n array; see `mixed_solve`), then conjugate gradient.
+  direct Cholesky in `dtype` (K and its factor), then, when `dtype` is float64, the
+  in-place float64 Cholesky of K's lower triangle, then the mixed solver (that triangle
+  in float32; see `mixed_solve`), then conjugate gradient.
 
   Args:
     num_train: n.
@@ -265,7 +310,8 @@ def plan_memory(num_train: int, dtype, *, feature_dim: int = 0, num_test: int = 
     num_test: test points whose features are held alongside.
     num_outputs: k, the columns of Y.
     budget_bytes: None or <= 0 for `default_memory_budget()`.
-    solver: "auto", or "cholesky"/"mixed"/"cg" to force one (the plan still reports bytes).
+    solver: "auto", or "cholesky"/"inplace"/"mixed"/"cg" to force one (the plan still
+      reports bytes).
     block_size: rows of K per block in the blocked products.
     cg_rank: rank of CG's Nystrom preconditioner.
   """
@@ -280,19 +326,25 @@ def plan_memory(num_train: int, dtype, *, feature_dim: int = 0, num_test: int = 
   # float32 features of train and test, and the float64 copy the solve makes of the train set.
   feature_bytes = (n + num_test) * d * 4 + n * d * itemsize
   tile = min(MIXED_TILE, n)
-  mixed_bytes = (n * n * 4  # the n x n float32 array: K's lower triangle, then L
-                 + 3 * min(block_size, n) * n * 4  # panels of rows being written or updated
-                 + 3 * tile * tile * 8 + 2 * tile * d * 8  # float64 tiles of K and of features
-                 + 12 * n * k * 8)  # CG's vectors
+  products = 3 * tile * tile * 8 + 2 * tile * d * 8  # float64 tiles of K and of features
+
+  def in_place(size: int) -> int:  # K's lower triangle in `size`-byte floats, factored
+    return (triangle_bytes(n, size, block_size)
+            + 3 * min(block_size, n) * n * size)  # panels of rows being written or updated
+
+  inplace_bytes = in_place(8) + products + 4 * n * k * 8
+  mixed_bytes = in_place(4) + products + 12 * n * k * 8  # CG's vectors
   cg_bytes = block_bytes + 3 * n * min(cg_rank, n) * itemsize
-  costs = {"cholesky": 2 * kernel_bytes + 2 * block_bytes, "mixed": mixed_bytes,
-           "cg": cg_bytes}
+  costs = {"cholesky": 2 * kernel_bytes + 2 * block_bytes, "inplace": inplace_bytes,
+           "mixed": mixed_bytes, "cg": cg_bytes}
   fixed = feature_bytes + RUNTIME_BYTES
   if solver == "auto":
-    candidates = ["cholesky", "mixed"] if np.dtype(dtype) == np.float64 else ["cholesky"]
+    candidates = (["cholesky", "inplace", "mixed"] if np.dtype(dtype) == np.float64
+                  else ["cholesky"])
     solver = next((s for s in candidates if costs[s] + fixed <= budget_bytes), "cg")
   return MemoryPlan(num_train=n, dtype=np.dtype(dtype).name, kernel_bytes=kernel_bytes,
-                    cholesky_bytes=2 * kernel_bytes, mixed_bytes=mixed_bytes,
+                    cholesky_bytes=2 * kernel_bytes, inplace_bytes=inplace_bytes,
+                    mixed_bytes=mixed_bytes,
                     block_bytes=block_bytes, cg_bytes=cg_bytes, feature_bytes=feature_bytes,
                     runtime_bytes=RUNTIME_BYTES, budget_bytes=int(budget_bytes), solver=solver,
                     peak_bytes=costs[solver] + fixed)
@@ -312,13 +364,14 @@ class KernelSolution:
     train_predictions: [n, k] K alpha, the interpolant on the training points.
     residual: |(K + l2 I) alpha - Y|_F / |Y|_F, from a fresh product with K.
     norm: sqrt(trace(alpha^T K alpha)), the RKHS norm of the interpolant.
-    solver: "cholesky", "mixed" or "cg".
+    solver: "cholesky", "inplace", "mixed" or "cg".
     dtype: the solve's dtype name.
     jitter: what Cholesky added to the diagonal beyond l2 (0 when none was needed; the
-      mixed solver never adds any).
-    iterations: conjugate-gradient iterations (0 for Cholesky).
-    preconditioner_shift: mixed solver only: the shift added to the float32 copy of K
-      whose factor preconditions CG, when float32 Cholesky of K itself broke down (0 when
+      in-place and mixed solvers never add any).
+    iterations: conjugate-gradient iterations (0 for Cholesky; for the in-place solver,
+      the refinement rounds, each one solve with the factor and one product with K).
+    preconditioner_shift: in-place and mixed solvers: the shift added to the copy of K
+      whose factor preconditions CG, when the Cholesky of K itself broke down (0 when
       it did not). The system solved is still K + l2 I.
   """
 
@@ -344,9 +397,10 @@ def solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0,
     x: [n, d] training features.
     y: [n] or [n, k] targets (one-hot labels for classification).
     l2: ridge penalty; 0 interpolates exactly, as in the paper.
-    solver: "cholesky" (forms K and its factor), "mixed" (float32 factor in place, refined
-      to float64 accuracy; see `mixed_solve`) or "cg" (blocked, never forms K); see
-      `plan_memory`.
+    solver: "cholesky" (forms K and its factor), "inplace" (float64 factor of K's lower
+      triangle in place, checked with a fresh product), "mixed" (float32 factor in place,
+      refined to float64 accuracy by CG; see `mixed_solve`) or "cg" (blocked, never forms
+      K); see `plan_memory`.
     dtype: the solve's dtype; None for `solve_dtype()`.
     block_size: rows of K per block.
     cg_tol: stop CG when every column's relative residual is below this (the mixed
@@ -361,11 +415,12 @@ def solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0,
   """
   dtype = np.dtype(dtype or solve_dtype())
   y2 = np.asarray(y).reshape(len(y), -1)
-  if solver == "mixed":
+  if solver in ("inplace", "mixed"):
     if dtype != np.float64:
-      raise ValueError(f"solver='mixed' refines to float64; dtype={dtype.name}")
+      raise ValueError(f"solver={solver!r} solves to float64 accuracy; dtype={dtype.name}")
     return mixed_solve(kernel, x, y2, l2=l2, tol=min(cg_tol, MIXED_TOL),
-                       max_iters=min(cg_max_iters, 500), block_size=block_size)
+                       max_iters=min(cg_max_iters, 500), block_size=block_size,
+                       factor_dtype=np.float64 if solver == "inplace" else np.float32)
   with precision_scope(dtype):
     xj, yj = jnp.asarray(x, dtype), jnp.asarray(y2, dtype)
     if solver == "cholesky":
@@ -380,7 +435,7 @@ def solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0,
                                              max_iters=cg_max_iters)
       jitter = 0.0
     else:
-      raise ValueError(f"solver={solver!r}: expected 'cholesky', 'mixed' or 'cg'")
+      raise ValueError(f"solver={solver!r}: expected one of {list(SOLVERS[1:])}")
     ka = kernel_matvec(kernel, xj, xj, alpha, block_size=block_size)
     residual = jnp.linalg.norm(ka + l2 * alpha - yj) / jnp.linalg.norm(yj)
     norm = jnp.sqrt(jnp.maximum(jnp.sum(alpha * ka), 0))
@@ -482,6 +537,7 @@ def cholesky_in_place(a: np.ndarray, *, block_size: int = 1024) -> int:
   n = a.shape[0]
   if not a.flags.f_contiguous:
     raise ValueError("cholesky_in_place needs a Fortran-order array")
+  potrf, = scipy.linalg.lapack.get_lapack_funcs(("potrf",), (a,))
   start = last_log = time.time()
   for j0 in range(0, n, block_size):
     j1 = min(n, j0 + block_size)
@@ -496,7 +552,7 @@ def cholesky_in_place(a: np.ndarray, *, block_size: int = 1024) -> int:
       update_t = a[j0:j1, :j0] @ a[j0:, :j0].T
       a[j0:, j0:j1] -= update_t.T
       del update_t
-    diag, info = scipy.linalg.lapack.spotrf(a[j0:j1, j0:j1], lower=1, clean=1)
+    diag, info = potrf(a[j0:j1, j0:j1], lower=1, clean=1)
     if info:
       return j0 + int(info)
     a[j0:j1, j0:j1] = diag
@@ -527,36 +583,39 @@ def cholesky_solve_in_place(c: np.ndarray, r: np.ndarray, *,
   return z
 
 
-def factor_float32(kernel: Kernel, x: np.ndarray, *, shift: float = 0.0,
-                   block_size: int = 1024) -> tuple[np.ndarray, int]:
-  """K(x, x) + shift I in float32, Cholesky-factored in place: (factor, info).
+def factor_in_place(kernel: Kernel, x: np.ndarray, *, dtype=np.float32, shift: float = 0.0,
+                    block_size: int = 1024) -> tuple[np.ndarray, int]:
+  """K(x, x) + shift I in `dtype`, Cholesky-factored in place: (factor, info).
 
-  One n x n float32 array `a` (C order) is allocated; row block i of its upper triangle,
-  a[i0:i1, i0:], gets K(x[i0:i1], x[i0:]) (float32 BLAS), so a.T, a Fortran-order view, holds
-  K's lower triangle, which `cholesky_in_place` overwrites with L, K = L L^T. The other
-  triangle is never written, but count it as resident: numpy backs large arrays with huge
-  pages, and every 2 MB page holds part of some row's written half.
+  One n x n array `a` (C order, `lazy_square`) is allocated; row block i of its upper
+  triangle, a[i0:i1, i0:], gets K(x[i0:i1], x[i0:]) (BLAS in `dtype`), so a.T, a
+  Fortran-order view, holds K's lower triangle, which `cholesky_in_place` overwrites with
+  L, K = L L^T. The other triangle is never written, so never committed: n^2 / 2 x
+  itemsize bytes (60k: 14.4 GB in float64, 7.2 GB in float32).
 
   Returns:
     (the Fortran-order n x n view whose lower triangle is L, info: 0 on success, j > 0
-    when the leading j x j minor is not positive definite in float32).
+    when the leading j x j minor is not positive definite in `dtype`).
   """
+  dtype = np.dtype(dtype)
   if kernel.name == "gaussian":
     # Distances do not change under translation; centred features lose less of them to
-    # float32 cancellation in |x|^2 + |y|^2 - 2 <x, y>.
-    x32 = np.asarray(x - np.mean(x, axis=0, dtype=np.float64), np.float32)
+    # cancellation in |x|^2 + |y|^2 - 2 <x, y>.
+    xc = np.asarray(x - np.mean(x, axis=0, dtype=np.float64), dtype)
   else:
-    x32 = np.asarray(x, np.float32)
-  n = x32.shape[0]
-  sq = np.einsum("ij,ij->i", x32, x32)
-  a = np.empty((n, n), np.float32)
+    xc = np.asarray(x, dtype)
+  n = xc.shape[0]
+  sq = np.einsum("ij,ij->i", xc, xc)
+  a = lazy_square(n, dtype)
+  start = time.time()
   for i0 in range(0, n, block_size):
     i1 = min(n, i0 + block_size)
-    a[i0:i1, i0:] = _np_kernel(kernel, x32[i0:i1], x32[i0:], sq[i0:i1], sq[i0:])
+    a[i0:i1, i0:] = _np_kernel(kernel, xc[i0:i1], xc[i0:], sq[i0:i1], sq[i0:])
     if shift:
       idx = np.arange(i0, i1)
-      a[idx, idx] += np.float32(shift)
-  del x32
+      a[idx, idx] += dtype.type(shift)
+  del xc
+  logging.info("%s lower triangle of K written in %.0f s", dtype.name, time.time() - start)
   info = cholesky_in_place(a.T, block_size=block_size)
   return a.T, info
 
@@ -567,21 +626,25 @@ MIXED_TARGET = 1e-8  # the true relative residual the mixed solver guarantees or
 
 def mixed_solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0,
                 tol: float = MIXED_TOL, max_iters: int = 200, block_size: int = 1024,
-                max_restarts: int = 2) -> KernelSolution:
-  """Solves (K + l2 I) alpha = Y to float64 accuracy holding K only in float32, once.
+                max_restarts: int = 2, factor_dtype=np.float32) -> KernelSolution:
+  """Solves (K + l2 I) alpha = Y to float64 accuracy holding one triangle of K, once.
 
-  K's float32 Cholesky factor L (`factor_float32`, in place) makes M = L L^T ~ K up to
-  float32 rounding, so conjugate gradient on the float64 system preconditioned by M^-1
-  (two blocked float32 triangular solves) needs few iterations (MNIST 60k: 5); each
-  multiplies by K in float64, recomputed from the features a tile at a time
-  (`symmetric_matvec64`). No jitter
-  is added to the system. If float32 Cholesky of K breaks down, the preconditioner is the
-  factor of K + s I for the smallest s = mean(diag K) x 10^e (e = -7, -6, ...) that
-  factors, and CG takes more iterations; the solution is still that of K + l2 I.
-
-  The returned residual |(K + l2 I) alpha - Y|_F / |Y|_F is computed with a fresh float64
-  product; when it is above MIXED_TARGET, CG restarts on the remaining residual (at most
-  `max_restarts` times).
+  K's Cholesky factor L in `factor_dtype` (`factor_in_place`) makes M = L L^T ~ K up to
+  that dtype's rounding.
+  - float64 (the "inplace" solver): M is K to float64 rounding, so alpha = M^-1 Y is the
+    answer; one product with K, recomputed from the features in float64 a tile at a time
+    (`symmetric_matvec64`), checks it, and iterative refinement (alpha += M^-1 r) repeats
+    while the residual is above MIXED_TARGET. Cost: the factor and one product, however
+    ill conditioned K is (MNIST Gabor 60k: each product is 12 TFLOP at 3,332 dims).
+  - float32 (the "mixed" solver): conjugate gradient on the float64 system preconditioned
+    by M^-1 (two blocked float32 triangular solves) needs few iterations (MNIST raw 60k:
+    5, Gabor 10k: 12), each a float64 product with K; a fresh product checks the answer
+    and CG restarts on what remains (at most `max_restarts` times).
+  No jitter is added to the system. If the Cholesky of K breaks down, the preconditioner
+  is the factor of K + s I for the smallest s = mean(diag K) x 10^e (e = -7, -6, ...) that
+  factors, and CG (also for the float64 factor) takes more iterations; the solution is
+  still that of K + l2 I. The returned residual |(K + l2 I) alpha - Y|_F / |Y|_F is from
+  a fresh float64 product.
   """
   start = time.time()
   y = np.asarray(y, np.float64)
@@ -589,19 +652,26 @@ def mixed_solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0
   mean_diag = 1.0 if kernel.name == "gaussian" else float(
       np.mean(np.einsum("ij,ij->i", x, x, dtype=np.float64)))
   preconditioner_shift = 0.0
-  c, info = factor_float32(kernel, x, shift=l2, block_size=block_size)
+  factor = functools.partial(factor_in_place, kernel, x, dtype=factor_dtype,
+                             block_size=block_size)
+  c, info = factor(shift=l2)
   for e in range(-7, 0):
     if info == 0:
       break
     del c
     preconditioner_shift = mean_diag * 10.0**e
-    logging.warning("float32 Cholesky of K broke down at column %d; preconditioning with "
-                    "K + %.3g I instead (the system solved is unchanged)", info,
-                    preconditioner_shift)
-    c, info = factor_float32(kernel, x, shift=l2 + preconditioner_shift, block_size=block_size)
+    logging.warning("%s Cholesky of K broke down at column %d; preconditioning with "
+                    "K + %.3g I instead (the system solved is unchanged)",
+                    np.dtype(factor_dtype).name, info, preconditioner_shift)
+    c, info = factor(shift=l2 + preconditioner_shift)
   if info:
-    raise np.linalg.LinAlgError("float32 Cholesky failed even with a shift of 10% of diag K")
-  logging.info("float32 Cholesky of %d x %d done in %.0f s", n, n, time.time() - start)
+    raise np.linalg.LinAlgError(f"{np.dtype(factor_dtype).name} Cholesky failed even with a "
+                                "shift of 10% of diag K")
+  logging.info("%s Cholesky of %d x %d done in %.0f s", c.dtype.name, n, n,
+               time.time() - start)
+  # A float64 factor of K itself is K's solve: refine with it directly, no CG.
+  exact = c.dtype == np.float64 and not preconditioner_shift
+  solver = "inplace" if c.dtype == np.float64 else "mixed"
 
   def precondition(r):
     return cholesky_solve_in_place(c, r, block_size=block_size).astype(np.float64)
@@ -618,28 +688,31 @@ def mixed_solve(kernel: Kernel, x: np.ndarray, y: np.ndarray, *, l2: float = 0.0
     alpha = np.zeros_like(y)
     residual_vec, iterations, cg_tol = y, 0, tol
     for attempt in range(max_restarts + 1):
-      if attempt:  # CG's tolerance is relative to its right-hand side, now the residual
-        cg_tol = min(0.1, tol * float(np.linalg.norm(y) / np.linalg.norm(residual_vec)))
-      delta, its = conjugate_gradient(
-          lambda p: jnp.asarray(matvec(np.asarray(p))), jnp.asarray(residual_vec),
-          precondition=lambda r: jnp.asarray(precondition(np.asarray(r))), tol=cg_tol,
-          max_iters=max_iters, log_every=0.0)
+      if exact:
+        delta, its = precondition(residual_vec), 1
+      else:
+        if attempt:  # CG's tolerance is relative to its right-hand side, now the residual
+          cg_tol = min(0.1, tol * float(np.linalg.norm(y) / np.linalg.norm(residual_vec)))
+        delta, its = conjugate_gradient(
+            lambda p: jnp.asarray(matvec(np.asarray(p))), jnp.asarray(residual_vec),
+            precondition=lambda r: jnp.asarray(precondition(np.asarray(r))), tol=cg_tol,
+            max_iters=max_iters, log_every=0.0)
       alpha = alpha + np.asarray(delta)
       iterations += its
       ka = symmetric_matvec64(kernel, x, alpha)
       residual_vec = y - ka - l2 * alpha
       residual = float(np.linalg.norm(residual_vec) / np.linalg.norm(y))
-      logging.info("mixed solve: %d CG iterations, true relative residual %.3g", iterations,
+      logging.info("%s solve: %d iterations, true relative residual %.3g", solver, iterations,
                    residual)
       if residual <= MIXED_TARGET:
         break
     else:
-      logging.warning("mixed solve: relative residual %.3g after %d restarts is above %g",
-                      residual, max_restarts, MIXED_TARGET)
+      logging.warning("%s solve: relative residual %.3g after %d restarts is above %g",
+                      solver, residual, max_restarts, MIXED_TARGET)
   del c
   norm = math.sqrt(max(float(np.sum(alpha * ka)), 0.0))
   return KernelSolution(alpha=alpha, train_predictions=ka, residual=residual, norm=norm,
-                        solver="mixed", dtype="float64", jitter=0.0, iterations=iterations,
+                        solver=solver, dtype="float64", jitter=0.0, iterations=iterations,
                         preconditioner_shift=preconditioner_shift)
 
 
