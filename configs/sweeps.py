@@ -137,8 +137,12 @@ CPU = {
     "inception_small": dict(num_train=5_000, num_test=2_000, resize=12, image_size=12,
                             bn_momentum=0.9, num_epochs=80),
 }
-CPU_FIGURE1A_MODEL = "mlp_1x512"
-CPU_FIGURE1A = dict(CPU[CPU_FIGURE1A_MODEL], num_epochs=80)
+# Figure 1a runs stop once the epoch's running loss is below the figure's 0.01.
+CPU_FIGURE1A = {
+    "mlp_1x512": dict(CPU["mlp_1x512"], num_epochs=80, stop_at_train_loss=0.01),
+    "inception_small": dict(CPU["inception_small"], num_train=10_000, num_epochs=100,
+                            eval_train=False, stop_at_train_loss=0.01),
+}
 CPU_LEVELS = (0, 2, 4, 6, 8, 10)  # Tenths of p: every other level of the paper's eleven.
 # Figure 1b's time to fit is read at this train accuracy (`rethinking.report
 # --fit_threshold`; `rethinking.sweep --report` uses it): 90% at cpu scale (above), the
@@ -172,8 +176,8 @@ def _figure1bc(scale: str) -> list[dict]:
 
 SWEEPS = {  # name -> scale -> runs (at paper scale; `runlocal` then shrinks each).
     "table1": lambda scale: _runs(CIFAR, TABLE1),
-    "figure1a": lambda scale: _runs(
-        CIFAR, _figure1a(CPU_FIGURE1A_MODEL) if scale == "cpu" else FIGURE1A),
+    "figure1a": lambda scale: _runs(CIFAR, [a for m in CPU_FIGURE1A for a in _figure1a(m)]
+                                    if scale == "cpu" else FIGURE1A),
     "figure1bc": _figure1bc,
     "figure2": lambda scale: _runs(CIFAR, FIGURE2),
     "table2": lambda scale: _runs(IMAGENET, TABLE2),
@@ -208,7 +212,7 @@ def runlocal(run: dict) -> dict:
 def cpu(run: dict, sweep: str) -> dict:
   """The run at CPU scale (same name): the sizes of CPU (CPU_FIGURE1A for Figure 1a), and
   the paper's learning-rate decay per training example seen (as for runlocal)."""
-  shrink = CPU_FIGURE1A if sweep == "figure1a" else CPU[_model(run["arg"])]
+  shrink = (CPU_FIGURE1A if sweep == "figure1a" else CPU)[_model(run["arg"])]
   return dict(run, overrides=_shrunk(run["overrides"], shrink))
 
 

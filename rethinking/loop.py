@@ -388,7 +388,8 @@ class _Run:
       if row["test_accuracy"] > progress.best_test_accuracy:
         progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
       fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])
-      if 0 < config.stop_at_train_accuracy <= fit_accuracy:
+      if (0 < config.stop_at_train_accuracy <= fit_accuracy
+          or row["train_loss"] < config.get("stop_at_train_loss", 0)):
         progress.fit_step = self.step
       row.update(best_test_accuracy=progress.best_test_accuracy,
                  best_epoch=progress.best_epoch, wall_time=self.wall())
@@ -401,8 +402,10 @@ class _Run:
       self.last_row = row
       self.bar.write(_summary(row))
       if progress.fit_step is not None:
-        logging.info("Train accuracy %.4f >= %.4f at step %d: stopping.", fit_accuracy,
-                     config.stop_at_train_accuracy, self.step)
+        logging.info("Train accuracy %.4f, running loss %.4g at step %d: stop criterion "
+                     "met (accuracy >= %g or loss < %g).", fit_accuracy, row["train_loss"],
+                     self.step, config.stop_at_train_accuracy,
+                     config.get("stop_at_train_loss", 0))
         break
       if guard.stop_requested() and self.step < total:
         self._flush()  # Waits for the save: the checkpoint is on disk before exit.

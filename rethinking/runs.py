@@ -14,7 +14,8 @@ from rethinking import metrics as metrics_lib
 
 
 def is_finished(rows: list[dict[str, Any]], num_epochs: int) -> bool:
-  """A run is finished once it wrote its last epoch or stopped at its train-accuracy target."""
+  """A run is finished once it wrote its last epoch or stopped at its target
+  (stop_at_train_accuracy or stop_at_train_loss: the row then holds fit_step)."""
   return any(r.get("epoch", 0) >= num_epochs or "fit_step" in r for r in rows)
 
 
@@ -31,7 +32,8 @@ class Run:
 
   @property
   def fit_step(self) -> int | None:
-    """The step at which the run reached config.stop_at_train_accuracy, if it did."""
+    """The step at which the run met its stop criterion (stop_at_train_accuracy or
+    stop_at_train_loss), if it did."""
     return next((r["fit_step"] for r in self.rows if "fit_step" in r), None)
 
   @property

@@ -97,6 +97,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.stop_at_train_accuracy <= 1:
     _fail("stop_at_train_accuracy", config.stop_at_train_accuracy,
           "expected 0 (off) or an accuracy in (0, 1]")
+  if not 0 <= config.get("stop_at_train_loss", 0) < math.inf:
+    _fail("stop_at_train_loss", config.stop_at_train_loss,
+          "expected 0 (off) or a positive loss")
 
 
 def check_data(config: ml_collections.ConfigDict, ds: arrays.ArrayDataset) -> None:

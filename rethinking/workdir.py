@@ -46,9 +46,10 @@ MAY_NOT_CHANGE = (
 # in any chunking (train.train_steps), rounded by another program (a conv net's
 # last digits), as a resume on another backend is anyway; its default is per
 # backend, so a run moved from a GPU to a CPU must be able to take 1.
-MAY_CHANGE = ("num_epochs", "stop_at_train_accuracy", "log_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints", "data_dir", "allow_config_change",
-              "steps_per_dispatch", "eval_train_every_epochs", "memory_fraction")
+MAY_CHANGE = ("num_epochs", "stop_at_train_accuracy", "stop_at_train_loss",
+              "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "data_dir",
+              "allow_config_change", "steps_per_dispatch", "eval_train_every_epochs",
+              "memory_fraction")
 # Never, even with allow_config_change: the checkpoints hold this model's parameters.
 STRUCTURAL = ("model", "pipeline", "aux_loss_weight")
 

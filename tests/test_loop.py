@@ -187,6 +187,20 @@ def test_a_fit_run_evaluates_the_train_set_every_epoch(tmp_path, tiny_npz):
   assert rows[-1]["train_accuracy"] < 1.0 and rows[-1]["fit_step"] == rows[-1]["step"]
 
 
+def test_a_run_stops_at_its_train_loss_target(tmp_path, tiny_npz):
+  """Figure 1a's criterion: stop at the first epoch whose running loss is below the target,
+  and report that run as finished (a rerun of the sweep trains it no further)."""
+  workdir = tmp_path / "run"
+  config = _tiny(tiny_npz, num_epochs=30, stop_at_train_loss=0.5, checkpoint_every_steps=0,
+                 augment="none", dropout_rate=0.0, learning_rate=0.003)
+  train.train_and_evaluate(config, str(workdir))
+  run = runs.read_run(str(workdir))
+  losses = [r["train_loss"] for r in run.rows]
+  assert losses[-1] < 0.5 <= min(losses[:-1]) and len(losses) < 30
+  assert run.rows[-1]["fit_step"] == run.rows[-1]["step"] and run.finished
+  assert report.loss_below_step(run, 0.5) == run.rows[-1]["step"]
+
+
 @pytest.mark.parametrize("every,fit,num_epochs,expected", [
     (1, 0.0, 4, [1, 2, 3, 4]),
     (3, 0.0, 7, [3, 6, 7]),

@@ -243,10 +243,14 @@ def test_cpu_scale_sizes_figure1bc_and_keeps_the_learning_rate_per_example(tmp_p
   inc = by_name["inception_small-p0.0-fit/seed0"]
   assert (inc.resize, inc.bn_momentum) == (12, 0.9)
   figure1a = _expand("figure1a", tmp_path, scale="cpu")
-  assert len(figure1a) == 5 and {
-      (j.config.model, j.config.num_train, j.config.resize, j.config.num_epochs)
-      for j in figure1a} == {("mlp_1x512", 10_000, 0, 80)}
-  assert {j.config.corruption for j in figure1a} == {
-      "none", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_pixels"}
+  assert len(figure1a) == 10 and {
+      (j.config.model, j.config.num_train, j.config.resize, j.config.num_epochs,
+       j.config.stop_at_train_loss) for j in figure1a} == {
+           ("mlp_1x512", 10_000, 0, 80, 0.01), ("inception_small", 10_000, 12, 100, 0.01)}
+  for model in ("mlp_1x512", "inception_small"):
+    assert {j.config.corruption for j in figure1a if j.config.model == model} == {
+        "none", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_pixels"}
+  # The paper's learning-rate decay per example seen: 10,000 images an epoch.
+  assert all(j.config.lr_decay == pytest.approx(0.95 ** 0.2, abs=1e-6) for j in figure1a)
   with pytest.raises(ValueError, match="--scale=cpu is sized for figure1a, figure1bc"):
     _expand("table1", tmp_path, scale="cpu")
