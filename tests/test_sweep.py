@@ -218,7 +218,8 @@ def test_several_sweeps_run_as_one_and_bad_input_is_one_line(tmp_path):
   only = sweep.expand_all(["figure1bc", "figure1a"], str(tmp_path), "cpu",
                           only=["alexnet_small-p1.0-fit", "*_pixels"])
   assert [j.name for j in only] == ["alexnet_small-p1.0-fit/seed0"] + [
-      f"mlp_1x512-{c}_pixels/seed0" for c in ("shuffled", "random", "gaussian")]
+      f"{m}-{c}_pixels/seed0" for m in ("mlp_1x512", "inception_small")
+      for c in ("shuffled", "random", "gaussian")]
   assert sweep.fit_threshold("cpu") == 0.9 and sweep.fit_threshold("paper") == paper.FIT_THRESHOLD
   for args, message in (
       (["--sweep=table1,nosuch"], "error: unknown sweep 'nosuch'; known: table1, figure1a"),
