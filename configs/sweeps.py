@@ -116,20 +116,21 @@ PAPER_NUM_TRAIN = 50_000  # CIFAR-10
 # and shows the 100% points beside it. Images are downscaled (`resize`), not cropped:
 # the whole picture at fewer pixels. BatchNorm statistics follow the few steps per epoch
 # (momentum 0.9), else Inception's eval-mode accuracy lags the fit by epochs.
-# Figure 1a (steps until the running loss < 0.01) at this scale is mlp_1x512's, on all
-# 10,000 images for a fixed 80 epochs (no fit target to stop at; ~4 minutes for the five).
-# Measured first, none of them shows the paper's whole order at this size:
-#   inception_small, 2,000 images, 12 px: true labels slowest of all five (0.34k steps);
-#     5,000 images: true labels 840 steps, random labels 880;
-#   alexnet_small, 5,000 images, 16 px: true 1,480, random labels 2,400, shuffled pixels
-#     not in 80 epochs, random and Gaussian pixels stuck at loss ln 10 (no BatchNorm: the
-#     net collapses to a constant output in the first epoch at learning rate 0.01);
-#   mlp_1x512 (60 epochs): Gaussian 1.6k, random pixels 1.9k, shuffled 3.6k, true 3.6k,
-#     random labels > 4.7k (loss 0.011).
-# The MLP's curves all reach 0.01 with random labels last, as in the paper; noise images
-# are memorized first here (the paper's true labels generalize to 86%, ours to 44%), and
-# for an MLP shuffled pixels are true labels with the inputs reindexed (the same
-# distribution of trajectories), so those two tie.
+# Figure 1a (steps until the epoch's running loss < 0.01) at this scale runs on two models.
+# inception_small (the paper's) needs all 10,000 images at 12 px (n/d ~ 23, the paper's
+# 50,000 / 2,352 ~ 21) for true labels to fit first; smaller, it memorizes everything alike:
+#   2,000 images, 12 px: true labels slowest of all five (0.34k steps);
+#   5,000 images: true labels 840 steps, random labels 880;
+#   10,000 images (measured, 2026-12-03): true 1.42k < Gaussian 1.58k < shuffled 1.66k <
+#     random pixels 2.21k = random labels 2.21k (same epoch; random labels' loss is the
+#     highest of the five at every epoch end), ~40 minutes for the five.
+# mlp_1x512 (all 10,000 images, at most 80 epochs, ~4 minutes for the five) beside it: all
+# five reach 0.01 with random labels last, but noise images are memorized first (true labels
+# generalize to 44% here, the paper's to 86%), and for an MLP shuffled pixels are true
+# labels with the inputs reindexed (the same distribution of trajectories), so those tie.
+# alexnet_small, 5,000 images, 16 px: true 1,480, random labels 2,400, shuffled pixels not in
+# 80 epochs, random and Gaussian pixels stuck at loss ln 10 (no BatchNorm: the net collapses
+# to a constant output in the first epoch at learning rate 0.01).
 CPU = {
     "mlp_1x512": dict(num_train=10_000, num_test=2_000, num_epochs=150),
     "alexnet_small": dict(num_train=5_000, num_test=2_000, resize=16, image_size=14,

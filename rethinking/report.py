@@ -296,8 +296,8 @@ FIGURE1A_MODELS = ("inception_small", "alexnet_small", "mlp_1x512", "mlp_3x512")
 def figure1a(runs: list[Run], out: str) -> tuple[list[dict], Table] | None:
   """Training loss against thousands of steps, the five settings, one panel per model.
 
-  The paper's figure is Inception's; the CPU scale runs it on mlp_1x512 (why: the
-  measurements in configs/sweeps.py).
+  The paper's figure is Inception's; the CPU scale runs it on inception_small and
+  mlp_1x512 (sizes and why: configs/sweeps.py).
   """
   by_model = {m: {c: select(runs, model=m, augment="none", wd=False, corruption=c)
                   for c in FIGURE1A_LABELS} for m in FIGURE1A_MODELS}
