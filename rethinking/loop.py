@@ -388,8 +388,8 @@ class _Run:
       if row["test_accuracy"] > progress.best_test_accuracy:
         progress.best_test_accuracy, progress.best_epoch = row["test_accuracy"], epoch + 1
       fit_accuracy = row.get("train_eval_accuracy", row["train_accuracy"])
-      if (0 < config.stop_at_train_accuracy <= fit_accuracy
-          or row["train_loss"] < config.get("stop_at_train_loss", 0)):
+      stop_loss = config.get("stop_at_train_loss", 0)  # ImageNet's config has none.
+      if 0 < config.stop_at_train_accuracy <= fit_accuracy or row["train_loss"] < stop_loss:
         progress.fit_step = self.step
       row.update(best_test_accuracy=progress.best_test_accuracy,
                  best_epoch=progress.best_epoch, wall_time=self.wall())
@@ -404,8 +404,7 @@ class _Run:
       if progress.fit_step is not None:
         logging.info("Train accuracy %.4f, running loss %.4g at step %d: stop criterion "
                      "met (accuracy >= %g or loss < %g).", fit_accuracy, row["train_loss"],
-                     self.step, config.stop_at_train_accuracy,
-                     config.get("stop_at_train_loss", 0))
+                     self.step, config.stop_at_train_accuracy, stop_loss)
         break
       if guard.stop_requested() and self.step < total:
         self._flush()  # Waits for the save: the checkpoint is on disk before exit.
